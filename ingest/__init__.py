@@ -1,0 +1,1 @@
+"""passpost.ingest"""

@@ -1,0 +1,46 @@
+"""The ingress's Prometheus metrics, on a registry of its own.
+
+A registry per app, not the process-wide default, so that tests can build several apps
+in one process and read each one's counts.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+# Request latencies of a healthy ingress sit in single milliseconds; the tail up to the
+# produce deadline (5 s by default) is what the upper buckets are for.
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class IngestMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "passpost_http_requests", "HTTP requests answered, by route, method and status.",
+            ["route", "method", "status"], registry=r,
+        )
+        self.request_latency = Histogram(
+            "passpost_http_request_duration_seconds", "Time from request start to response, by route.",
+            ["route"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.produce_latency = Histogram(
+            "passpost_kafka_produce_duration_seconds", "Time until Kafka confirmed a request's records, by topic.",
+            ["topic"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.produce_errors = Counter(
+            "passpost_kafka_produce_errors", "Requests whose records Kafka did not confirm, by topic and error.",
+            ["topic", "error"], registry=r,
+        )
+        self.events = Counter(
+            "passpost_events_produced", "Events confirmed by Kafka, by outcome.", ["outcome"], registry=r,
+        )
+        self.dead_letters = Counter(
+            "passpost_dead_letters", "Request bodies written to the dead-letter topic, by reason.",
+            ["reason"], registry=r,
+        )
+        self.recoveries = Counter(
+            "passpost_xml_recoveries", "Bodies accepted only after dropping a malformed root start tag.",
+            registry=r,
+        )

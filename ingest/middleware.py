@@ -1,0 +1,72 @@
+"""Per-request context: a request id, one log line, and the request metrics.
+
+A plain ASGI middleware (not ``BaseHTTPMiddleware``, which costs a task per request).
+The request id is the client's ``X-Request-ID`` when it is a sane token, else a new one;
+it is echoed in the response and reaches the endpoint as ``request.state.request_id``
+(the dead-letter headers carry it). The log line has the path but never the query
+string, which may hold a token.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from passpost.ingest.metrics import IngestMetrics
+
+log = logging.getLogger("passpost.access")
+
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp, metrics: IngestMetrics, routes: set[str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _request_id(scope)
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = 500
+        header = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            path: str = scope["path"]
+            route = path if path in self.routes else "unmatched"
+            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.request_latency.labels(route).observe(elapsed)
+            if route != "/metrics" and route != "/healthz" and route != "/readyz":
+                fields = {"request_id": request_id, "method": scope["method"], "path": path[:200], "status": status,
+                          "duration_ms": round(elapsed * 1000, 2), **state.get("log_fields", {})}
+                log.info("request", extra={"fields": fields})
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if _SANE_REQUEST_ID.match(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex

@@ -1,0 +1,355 @@
+"""From a request body to validated postback items.
+
+This module knows the vendor's format (SPEC section 1) and nothing about HTTP or Kafka:
+``read_postbacks(body, content_type)`` returns one ``Postback`` per item or raises
+``Rejected`` with the status code, a machine code and a sentence for the client.
+
+What it accepts:
+
+* a raw XML body with any content type, or a form body whose ``xml`` field holds it;
+* a flat ``POSTBACK``, a ``POSTBACK`` holding ``NOTIFICATION`` items, or any wrapper
+  element holding several ``POSTBACK`` elements: one item each;
+* the vendor's printed example, whose root start tag is broken across a line. Recovery
+  drops the root's attributes and parses strictly again, and only when those attributes
+  are namespace or ``xsi:`` schema-location declarations, so it can never lose a field.
+
+Nothing is lost: elements the schema does not name go to ``extra`` keyed by their path
+relative to the item (``PASSDATA/BARCODEVALUE``; a repeated name gets ``[2]``, ``[3]``;
+attributes get ``/@name``). Elements of an enclosing ``POSTBACK`` or wrapper are
+inherited by every item inside it; where the item has the same element, the item's own
+value wins and the enclosing one is kept in ``extra`` under ``../PATH``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from urllib.parse import unquote_to_bytes
+
+from lxml import etree
+
+from passpost.schemas.event import PassPostback, classify
+
+# The vendor's element names and the event fields they fill (SPEC section 3).
+KNOWN_ELEMENTS: dict[str, str] = {
+    "ORIGIN": "origin",
+    "STATUSCODE": "status_code",
+    "CODE": "code",
+    "REFERENCEDBY": "referenced_by",
+    "REFERENCEVALUE": "reference_value",
+    "CUSTOMPASSID": "custom_pass_id",
+    "PASSDATAID": "pass_data_id",
+    "SERIALNUMBER": "serial_number",
+    "TIMESTAMP": "timestamp_raw",
+}
+
+_XSI_NAMESPACE = "http://www.w3.org/2001/XMLSchema-instance"
+
+
+class Rejected(Exception):
+    """The request cannot become events. Carries what the client is told."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Postback:
+    """One validated item: the vendor's fields as sent (stripped; empty is ``None``)."""
+
+    fields: dict[str, str | None]
+    extra: dict[str, str]
+    generated_at: datetime | None
+
+    @property
+    def origin(self) -> str:
+        return self.fields["origin"]  # type: ignore[return-value]  # validated present
+
+    @property
+    def status_code(self) -> str:
+        """STATUSCODE, or CODE when a postback carries only that."""
+        return self.fields.get("status_code") or self.fields["code"]  # type: ignore[return-value]
+
+    def event_id(self) -> str:
+        """Same content, same id: a re-delivered postback is recognisable downstream."""
+        canonical = json.dumps(
+            [sorted((k, v) for k, v in self.fields.items() if v is not None), sorted(self.extra.items())],
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+
+    def to_event(self, received_at: datetime) -> PassPostback:
+        fields = self.fields
+        status_code = self.status_code
+        return PassPostback(
+            event_id=self.event_id(),
+            origin=self.origin,
+            status_code=status_code,
+            outcome=classify(status_code),
+            code=fields.get("code"),
+            referenced_by=fields.get("referenced_by"),
+            reference_value=fields.get("reference_value"),
+            custom_pass_id=fields.get("custom_pass_id"),
+            pass_data_id=fields.get("pass_data_id"),
+            serial_number=fields.get("serial_number"),
+            generated_at=self.generated_at,
+            timestamp_raw=fields.get("timestamp_raw"),
+            received_at=received_at,
+            extra=self.extra,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    postbacks: list[Postback]
+    recovered: bool
+
+
+def read_postbacks(body: bytes, content_type: str | None) -> ParsedRequest:
+    xml = extract_xml(body, content_type or "")
+    root, recovered = parse_xml(xml)
+    return ParsedRequest(postbacks=postbacks_in(root), recovered=recovered)
+
+
+# --- the body -------------------------------------------------------------------------
+
+_LEADING_NOISE = b" \t\r\n\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def extract_xml(body: bytes, content_type: str) -> bytes:
+    """The XML document in ``body``: the body itself, or its form field ``xml``."""
+    if not body.strip():
+        raise Rejected(400, "empty_body", "The request body is empty.")
+    start = body.lstrip(_LEADING_NOISE)
+    if start.startswith(b"<") or body.startswith(_UTF16_BOMS):
+        # Raw XML, whatever the content type says: `curl -d @file` labels raw XML as a form.
+        return body
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == "application/x-www-form-urlencoded" or start.startswith(b"xml="):
+        xml = _form_field(body, b"xml")
+        if xml is None:
+            raise Rejected(400, "missing_xml_field", "The form body has no `xml` field.")
+        if not xml.strip():
+            raise Rejected(400, "empty_body", "The form field `xml` is empty.")
+        return xml
+    raise Rejected(400, "not_xml", "The body is neither XML nor a form with an `xml` field.")
+
+
+def _form_field(body: bytes, name: bytes) -> bytes | None:
+    # Decoded to bytes, not str: the XML declaration, not the form, says the encoding.
+    for pair in body.split(b"&"):
+        key, _, value = pair.partition(b"=")
+        if unquote_to_bytes(key.replace(b"+", b" ")).strip() == name:
+            return unquote_to_bytes(value.replace(b"+", b" "))
+    return None
+
+
+# --- the XML --------------------------------------------------------------------------
+
+_parsers = threading.local()
+
+
+def _parser() -> etree.XMLParser:
+    # lxml parsers are not thread-safe; one per thread, built once.
+    parser = getattr(_parsers, "parser", None)
+    if parser is None:
+        parser = etree.XMLParser(
+            resolve_entities=False,
+            load_dtd=False,
+            dtd_validation=False,
+            no_network=True,
+            huge_tree=False,
+            remove_comments=True,
+            remove_pis=True,
+            collect_ids=False,
+        )
+        _parsers.parser = parser
+    return parser
+
+
+def parse_xml(xml: bytes) -> tuple[etree._Element, bool]:
+    """Parse strictly; if that fails, try the one recovery SPEC section 1 allows."""
+    try:
+        return _parse_strict(xml), False
+    except etree.XMLSyntaxError as error:
+        repaired = strip_root_attributes(xml)
+        if repaired is not None:
+            try:
+                return _parse_strict(repaired), True
+            except etree.XMLSyntaxError:
+                pass
+        raise Rejected(400, "invalid_xml", f"The body is not well-formed XML: {_describe(error)}") from None
+
+
+def _parse_strict(xml: bytes) -> etree._Element:
+    root = etree.fromstring(xml, _parser())
+    docinfo = root.getroottree().docinfo
+    if docinfo.doctype or docinfo.internalDTD is not None:
+        # DTDs are where entity expansion and external fetches live; a postback has none.
+        raise Rejected(400, "doctype_forbidden", "Documents with a DOCTYPE are not accepted.")
+    return root
+
+
+def _describe(error: etree.XMLSyntaxError) -> str:
+    message = str(error.msg or error).strip()
+    return message[:200] if message else "syntax error"
+
+
+_ROOT_START = re.compile(
+    rb"\A(?P<prolog>(?:\xef\xbb\xbf)?\s*(?:<\?xml[^>]*\?>)?(?:\s*<!--.*?-->|\s*<\?.*?\?>)*\s*)"
+    rb"<(?P<name>[A-Za-z_][\w.\-]*(?::[A-Za-z_][\w.\-]*)?)(?P<attributes>\s[^<>]*?)(?P<close>/?)>",
+    re.DOTALL,
+)
+# What the root may carry for recovery to drop it: namespace and xsi: declarations only.
+_DROPPABLE = re.compile(rb"(?:(?:xmlns(?::[\w.\-]+)?|xsi:[\w.\-]+)=(?:\"[^\"]*\"|'[^']*'))+")
+
+
+def strip_root_attributes(xml: bytes) -> bytes | None:
+    """The document with its root's attributes dropped, or None if that could lose data."""
+    match = _ROOT_START.match(xml)
+    if match is None:
+        return None
+    if not _DROPPABLE.fullmatch(re.sub(rb"\s+", b"", match.group("attributes"))):
+        return None
+    return b"%s<%s%s>%s" % (match.group("prolog"), match.group("name"), match.group("close"), xml[match.end():])
+
+
+# --- postbacks in the document ---------------------------------------------------------
+
+
+def _name(element: etree._Element) -> str:
+    tag = element.tag
+    return tag.rsplit("}", 1)[1] if tag[0] == "{" else tag
+
+
+@dataclass(slots=True)
+class _Level:
+    """What one element says about the items inside it."""
+
+    fields: dict[str, str | None]
+    extra: dict[str, str]
+
+
+def postbacks_in(root: etree._Element) -> list[Postback]:
+    name = _name(root)
+    if name == "POSTBACK":
+        return _from_postback(root, _Level({}, {}), 1)
+    postbacks = [child for child in root if _name(child) == "POSTBACK"]
+    if not postbacks:
+        raise Rejected(422, "not_a_postback", f"The root element is <{name[:64]}>, not <POSTBACK>.")
+    wrapper = _read_level(root, skip="POSTBACK")
+    items: list[Postback] = []
+    for postback in postbacks:
+        items.extend(_from_postback(postback, wrapper, len(items) + 1))
+    return items
+
+
+def _from_postback(postback: etree._Element, outer: _Level, first_number: int) -> list[Postback]:
+    notifications = [child for child in postback if _name(child) == "NOTIFICATION"]
+    if not notifications:
+        return [_validate(_merge(outer, _read_level(postback)), first_number)]
+    shared = _merge(outer, _read_level(postback, skip="NOTIFICATION"))
+    return [
+        _validate(_merge(shared, _read_level(notification)), first_number + index)
+        for index, notification in enumerate(notifications)
+    ]
+
+
+def _read_level(element: etree._Element, skip: str | None = None) -> _Level:
+    fields: dict[str, str | None] = {}
+    extra: dict[str, str] = {}
+    _read_attributes(element, "", extra)
+    seen: dict[str, int] = {}
+    for child in element:
+        name = _name(child)
+        if name == skip:
+            continue
+        seen[name] = count = seen.get(name, 0) + 1
+        field = KNOWN_ELEMENTS.get(name)
+        if field is not None and count == 1 and len(child) == 0:
+            fields[field] = (child.text or "").strip() or None
+            _read_attributes(child, name + "/", extra)
+        else:
+            _flatten(child, name if count == 1 else f"{name}[{count}]", extra)
+    return _Level(fields, extra)
+
+
+def _flatten(element: etree._Element, path: str, extra: dict[str, str]) -> None:
+    _read_attributes(element, path + "/", extra)
+    if len(element) == 0:
+        extra[path] = (element.text or "").strip()
+        return
+    text = (element.text or "").strip()
+    if text:
+        extra[path] = text
+    seen: dict[str, int] = {}
+    for child in element:
+        name = _name(child)
+        seen[name] = count = seen.get(name, 0) + 1
+        _flatten(child, f"{path}/{name}" if count == 1 else f"{path}/{name}[{count}]", extra)
+
+
+def _read_attributes(element: etree._Element, prefix: str, extra: dict[str, str]) -> None:
+    for key, value in element.attrib.items():
+        if key.startswith("{" + _XSI_NAMESPACE + "}"):
+            continue  # schema locations: about the document, not the pass
+        extra[f"{prefix}@{key.rsplit('}', 1)[-1]}"] = value
+
+
+def _merge(outer: _Level, inner: _Level) -> _Level:
+    """The inner level's values win; an outer value they hide moves to ``extra`` as ``../PATH``."""
+    fields = dict(outer.fields)
+    extra = dict(inner.extra)
+    hidden: dict[str, str | None] = {}
+    for field, value in inner.fields.items():
+        if field in fields and fields[field] != value:
+            hidden[_element_of(field)] = fields[field]
+        fields[field] = value
+    for path, value in (*outer.extra.items(), *hidden.items()):
+        if value is None:
+            continue
+        while path in extra:
+            if extra[path] == value:
+                break
+            path = "../" + path
+        else:
+            extra[path] = value
+    return _Level(fields, extra)
+
+
+def _element_of(field: str) -> str:
+    return next(name for name, known in KNOWN_ELEMENTS.items() if known == field)
+
+
+def _validate(level: _Level, number: int) -> Postback:
+    fields = level.fields
+    if not fields.get("origin"):
+        raise Rejected(422, "missing_origin", f"Postback {number} has no ORIGIN.")
+    if not fields.get("status_code") and not fields.get("code"):
+        raise Rejected(422, "missing_status_code", f"Postback {number} has neither STATUSCODE nor CODE.")
+    raw = fields.get("timestamp_raw")
+    generated_at = parse_timestamp(raw, number) if raw else None
+    return Postback(fields=fields, extra=level.extra, generated_at=generated_at)
+
+
+def parse_timestamp(raw: str, number: int = 1) -> datetime | None:
+    """UTC time of an ISO 8601 TIMESTAMP; ``None`` when it names no offset (local time of where?)."""
+    try:
+        value = datetime.fromisoformat(raw)
+        if value.tzinfo is None:
+            return None
+        return value.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        shown = raw if len(raw) <= 64 else raw[:61] + "..."
+        raise Rejected(
+            422, "invalid_timestamp", f"Postback {number} has TIMESTAMP {shown!r}, which is not ISO 8601."
+        ) from None

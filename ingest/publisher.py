@@ -1,0 +1,122 @@
+"""The ingress's Kafka producer: events and dead letters, confirmed or refused.
+
+A request is answered 200 only after Kafka confirmed every one of its events with
+``acks=all`` from an idempotent producer. Waiting is bounded by
+``produce_timeout_seconds``; past it, or on any producer error, ``publish`` raises
+``KafkaUnavailable`` and the request is answered 503 so that the sender retries.
+Records already handed to the producer may still land later: that is at-least-once, and
+the event id, derived from the content, makes the duplicate recognisable downstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from passpost.ingest.metrics import IngestMetrics
+from passpost.kafka import KafkaUnavailable, client_options, describe, max_record_bytes, start_client
+from passpost.settings import Settings
+
+log = logging.getLogger("passpost.ingest")
+
+Headers = list[tuple[str, bytes]]
+
+
+class Publisher:
+    def __init__(self, settings: Settings, metrics: IngestMetrics) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._producer: AIOKafkaProducer | None = None
+        self._ready_checked_at = 0.0
+        self._ready = False
+
+    async def start(self) -> None:
+        """Connect to Kafka; a no-op when already started."""
+        if self._producer is not None:
+            return
+        settings = self._settings
+        compression = None if settings.kafka_compression == "none" else settings.kafka_compression
+        producer = AIOKafkaProducer(
+            **client_options(settings),
+            acks="all",
+            enable_idempotence=True,
+            compression_type=compression,
+            linger_ms=settings.kafka_linger_ms,
+            max_batch_size=64 * 1024,
+            max_request_size=max_record_bytes(settings),
+            # Below the sender's 10 s: a request the producer cannot confirm fails in time.
+            request_timeout_ms=int(settings.produce_timeout_seconds * 1000),
+        )
+        await start_client(producer, settings)
+        self._producer = producer
+        self._ready = True
+        self._ready_checked_at = time.monotonic()
+
+    async def stop(self) -> None:
+        """Flush what is in flight and close. Safe to call twice."""
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:
+            await asyncio.wait_for(producer.flush(), self._settings.shutdown_timeout_seconds)
+        except (asyncio.TimeoutError, KafkaError) as error:
+            log.warning("producer flush did not complete: %s", describe(error))
+        await producer.stop()
+
+    async def publish(self, topic: str, records: Sequence[tuple[bytes | None, bytes, Headers | None]]) -> None:
+        """Send ``(key, value, headers)`` records and wait until Kafka confirmed all of them."""
+        producer = self._producer
+        if producer is None:
+            raise KafkaUnavailable("the producer is not running")
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(self._send_all(producer, topic, records), self._settings.produce_timeout_seconds)
+        except asyncio.TimeoutError:
+            self._metrics.produce_errors.labels(topic, "timeout").inc()
+            raise KafkaUnavailable(
+                f"Kafka did not confirm within {self._settings.produce_timeout_seconds:g} s"
+            ) from None
+        except KafkaError as error:
+            self._metrics.produce_errors.labels(topic, type(error).__name__).inc()
+            raise KafkaUnavailable(f"Kafka refused the records: {describe(error)}") from None
+        self._metrics.produce_latency.labels(topic).observe(time.perf_counter() - started)
+
+    @staticmethod
+    async def _send_all(
+        producer: AIOKafkaProducer, topic: str, records: Sequence[tuple[bytes | None, bytes, Headers | None]]
+    ) -> None:
+        # Hand every record to the producer first so that they share batches, then wait
+        # for all the confirmations together.
+        futures = [await producer.send(topic, value, key=key, headers=headers) for key, value, headers in records]
+        if len(futures) == 1:
+            await futures[0]
+        else:
+            await asyncio.gather(*futures)
+
+    async def ready(self) -> bool:
+        """True while the producer has a live connection to a broker (checked at most once a second)."""
+        producer = self._producer
+        if producer is None:
+            return False
+        now = time.monotonic()
+        if now - self._ready_checked_at < 1.0:
+            return self._ready
+        self._ready_checked_at = now
+        self._ready = await self._connected(producer)
+        return self._ready
+
+    @staticmethod
+    async def _connected(producer: AIOKafkaProducer) -> bool:
+        client = producer.client
+        for broker in client.cluster.brokers():
+            try:
+                if await asyncio.wait_for(client.ready(broker.nodeId), 1.0):
+                    return True
+            except (asyncio.TimeoutError, KafkaError, OSError):
+                continue
+        return False

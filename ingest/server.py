@@ -1,0 +1,77 @@
+"""Running the ingress under uvicorn, with the shutdown Kubernetes expects.
+
+On SIGTERM: ``/readyz`` turns 503 at once, uvicorn stops accepting connections and lets
+in-flight requests finish (up to ``shutdown_timeout_seconds``), then the app's lifespan
+flushes and closes the producer. The producer is started before the server listens, so
+an unreachable Kafka is a one-line error at start-up rather than a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Generator
+
+import uvicorn
+
+from passpost.ingest.app import create_app
+from passpost.ingest.metrics import IngestMetrics
+from passpost.ingest.publisher import Publisher
+from passpost.settings import Settings
+
+
+class IngressServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, on_exit: list[Callable[[], None]] | None = None) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit or []
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        for callback in self._on_exit:
+            callback()
+        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        # uvicorn re-raises the signal after shutting down, which would kill the process
+        # before the caller's own clean-up (the dev command's local Kafka) has run.
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+async def serve(settings: Settings) -> None:
+    metrics = IngestMetrics()
+    publisher = Publisher(settings, metrics)
+    await publisher.start()
+    app = create_app(settings, publisher, metrics)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http="httptools",
+        lifespan="on",
+        access_log=False,  # ours has a request id and never the query string
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
+    )
+    ingress = app.state.ingress
+
+    def start_draining() -> None:
+        ingress.draining = True
+
+    await IngressServer(config, on_exit=[start_draining]).serve()
+
+
+def run(settings: Settings) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but not on every platform
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))

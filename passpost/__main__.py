@@ -1,0 +1,3 @@
+from passpost.cli import main
+
+main()

@@ -1,0 +1,111 @@
+"""The ``passpost`` command.
+
+Every mistake a user can make here (a bad setting, a bad argument, an unreachable
+Kafka) ends with one line on stderr naming it and a non-zero status: 2 for settings and
+arguments, 1 for an environment that does not work. No tracebacks for those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+
+from passpost import settings as settings_module
+from passpost.kafka import KafkaUnavailable, create_topics
+from passpost.settings import Settings, SettingsError
+
+log = logging.getLogger("passpost")
+
+
+class UsageProblem(click.UsageError):
+    """A bad setting, reported like a bad argument: one line, status 2."""
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        settings = settings_module.load()
+    except SettingsError as error:
+        raise UsageProblem(str(error)) from None
+    settings = settings.replace(**{key: value for key, value in overrides.items() if value is not None})
+    from passpost.logs import configure
+
+    configure(settings.log_format, settings.log_level)
+    for name in settings_module.unknown_variables():
+        log.warning("ignoring %s: passpost has no such setting (a typo?)", name)
+    return settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="passpost")
+def cli() -> None:
+    """Skycore pass postbacks into Kafka, and consumers that make use of them.
+
+    Settings come from PASSPOST_* environment variables (see the README).
+    """
+
+
+@cli.command()
+@click.option("--host", help="Address to listen on [PASSPOST_HOST, default 127.0.0.1].")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port to listen on [PASSPOST_PORT, default 8000].")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the HTTP ingress (POST /postbacks/passes)."""
+    settings = _settings(host=host, port=port)
+    try:
+        settings_module.require_credentials(settings)
+    except SettingsError as error:
+        raise UsageProblem(str(error)) from None
+    from passpost.ingest.server import run
+
+    run(settings)
+
+
+@cli.command()
+def topics() -> None:
+    """Create the events and dead-letter topics (idempotent)."""
+    settings = _settings()
+    outcome = asyncio.run(create_topics(settings))
+    for topic, state in outcome.items():
+        click.echo(
+            f"{topic}: {state} (partitions {settings.topic_partitions}, "
+            f"replication factor {settings.topic_replication_factor})"
+        )
+
+
+@cli.command()
+@click.option("--port", type=click.IntRange(1, 65535), help="Port of the ingress [PASSPOST_PORT, default 8000].")
+def dev(port: int | None) -> None:
+    """Run the whole pipeline on this machine, with a local Kafka unless one is configured."""
+    settings = _settings(port=port)
+    from passpost.dev import run
+
+    run(settings)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    sys.exit(_run(cli.main, argv))
+
+
+def _run(entry: Callable[..., Any], argv: list[str] | None) -> int:
+    try:
+        result = entry(args=argv, prog_name="passpost", standalone_mode=False)
+    except click.UsageError as error:
+        click.echo(f"passpost: error: {error.format_message()}", err=True)
+        return 2
+    except KafkaUnavailable as error:
+        click.echo(f"passpost: error: {error}", err=True)
+        return 1
+    except (click.Abort, KeyboardInterrupt):
+        return 130
+    except click.ClickException as error:
+        click.echo(f"passpost: error: {error.format_message()}", err=True)
+        return error.exit_code
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    main()

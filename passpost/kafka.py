@@ -1,0 +1,107 @@
+"""How every passpost component talks to Kafka: one place for client options and topics.
+
+The producer, the consumers and the admin client all take their connection options from
+``client_options`` so that a setting (bootstrap servers, and later TLS and SASL) applies
+to each of them alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from passpost.settings import Settings
+
+# Room for the record's own framing and headers around the largest body we accept: a
+# dead letter carries the request body byte for byte, so it must fit in one record.
+RECORD_OVERHEAD_BYTES = 64 * 1024
+
+
+class KafkaUnavailable(Exception):
+    """Kafka could not be reached or did not confirm in time. The message is one line."""
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Connection options shared by producers, consumers and admin clients."""
+    return {
+        "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
+        "client_id": settings.kafka_client_id,
+    }
+
+
+def max_record_bytes(settings: Settings) -> int:
+    return settings.max_body_bytes + RECORD_OVERHEAD_BYTES
+
+
+def topic_configs(settings: Settings) -> dict[str, str]:
+    return {"max.message.bytes": str(max_record_bytes(settings))}
+
+
+async def create_topics(settings: Settings, names: Iterable[str] | None = None) -> dict[str, str]:
+    """Create the events and dead-letter topics; return ``{topic: "created" | "exists"}``."""
+    names = list(names or (settings.events_topic, settings.dead_letter_topic))
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=15000)
+    try:
+        await start_client(admin, settings)
+        outcome: dict[str, str] = {}
+        for name in names:
+            topic = NewTopic(
+                name=name,
+                num_partitions=settings.topic_partitions,
+                replication_factor=settings.topic_replication_factor,
+                topic_configs=topic_configs(settings),
+            )
+            try:
+                response = await admin.create_topics([topic])
+            except TopicAlreadyExistsError:
+                outcome[name] = "exists"
+                continue
+            outcome[name] = _creation_outcome(response, name)
+        return outcome
+    finally:
+        await admin.close()
+
+
+def _creation_outcome(response: Any, name: str) -> str:
+    # aiokafka returns the broker's per-topic error codes instead of raising for them.
+    for topic_error in getattr(response, "topic_errors", []):
+        topic, code = topic_error[0], topic_error[1]
+        if topic != name or code == 0:
+            continue
+        if code == TopicAlreadyExistsError.errno:
+            return "exists"
+        message = topic_error[2] if len(topic_error) > 2 else ""
+        raise KafkaUnavailable(f"could not create topic {name}: error {code} {message}".strip())
+    return "created"
+
+
+async def start_client(client: Any, settings: Settings, timeout: float = 20.0) -> None:
+    """Start an aiokafka client; if it cannot connect, close it and raise a one-line error."""
+    aiokafka_log = logging.getLogger("aiokafka")
+    level = aiokafka_log.level
+    # aiokafka logs each refused connection itself; the error raised here says it once.
+    aiokafka_log.setLevel(logging.CRITICAL)
+    try:
+        await asyncio.wait_for(client.start(), timeout)
+    except (KafkaError, OSError, asyncio.TimeoutError) as error:
+        with contextlib.suppress(Exception):
+            await (client.close() if hasattr(client, "close") else client.stop())
+        raise KafkaUnavailable(
+            f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {describe(error)}"
+        ) from None
+    finally:
+        aiokafka_log.setLevel(level)
+
+
+def describe(error: BaseException) -> str:
+    name = type(error).__name__
+    text = str(error).strip()
+    if not text or text == name:
+        return name
+    return text if text.startswith(name) else f"{name}: {text}"

@@ -1,0 +1,249 @@
+"""Every setting passpost reads, in one place.
+
+Settings come from ``PASSPOST_*`` environment variables. Each one is declared once
+in ``SETTINGS`` with its parser, default and a sentence for the README table, so the
+table, validation and the ``Settings`` object cannot drift apart. A bad value raises
+``SettingsError`` whose message is one line naming the variable; the CLI prints it and
+exits with status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+PREFIX = "PASSPOST_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value passpost cannot use. ``str()`` is one line naming it."""
+
+
+def _string(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a whole number") from None
+    if value < 1:
+        raise ValueError(f"{raw!r} must be at least 1")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = _positive_int(raw)
+    if value > 65535:
+        raise ValueError(f"{raw!r} is not a TCP port (1-65535)")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a whole number") from None
+    if value < 0:
+        raise ValueError(f"{raw!r} must not be negative")
+    return value
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a number of seconds") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(f"{raw!r} must be a positive number of seconds")
+    return value
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{raw!r} is not a boolean (use true or false)")
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"{raw!r} is not one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+# A hostname, an IPv4 address or a bracketed IPv6 address, then a port.
+_HOST_PORT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.\-_]*[A-Za-z0-9])?):(\d{1,5})$")
+
+
+def _bootstrap_servers(raw: str) -> str:
+    entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
+    if not entries:
+        raise ValueError("must name at least one host:port")
+    for entry in entries:
+        match = _HOST_PORT.match(entry)
+        if not match or not 0 < int(match.group(1)) < 65536:
+            raise ValueError(f"{entry!r} is not host:port (for example localhost:9092)")
+    return ",".join(entries)
+
+
+_TOKEN = re.compile(r"^[\x21-\x7e]+$")
+
+
+def _tokens(raw: str) -> tuple[str, ...]:
+    tokens = tuple(token.strip() for token in raw.split(",") if token.strip())
+    for token in tokens:
+        # Printable ASCII without spaces: anything else cannot travel in a URL
+        # query, a Bearer header and a Basic password alike.
+        if not _TOKEN.match(token):
+            raise ValueError("tokens must be printable ASCII without spaces or commas")
+    return tokens
+
+
+def _topic(raw: str) -> str:
+    value = _string(raw)
+    if not re.match(r"^[A-Za-z0-9._\-]{1,249}$", value) or value in {".", ".."}:
+        raise ValueError(f"{raw!r} is not a valid Kafka topic name")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One ``PASSPOST_*`` variable: how to parse it, its default and what it does."""
+
+    field: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    secret: bool = False
+
+    @property
+    def env(self) -> str:
+        return PREFIX + self.field.upper()
+
+    @property
+    def shown_default(self) -> str:
+        if self.default is None or self.default == ():
+            return ""
+        if isinstance(self.default, bool):
+            return "true" if self.default else "false"
+        return str(self.default)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("kafka_bootstrap_servers", _bootstrap_servers, "localhost:9092",
+            "Kafka brokers, comma-separated `host:port`."),
+    Setting("kafka_client_id", _string, "passpost", "Client id sent to Kafka (shows in broker logs and quotas)."),
+    Setting("kafka_compression", _choice("lz4", "zstd", "gzip", "snappy", "none"), "lz4",
+            "Producer compression codec."),
+    Setting("kafka_linger_ms", _non_negative_int, 2,
+            "How long the producer waits to fill a batch; concurrent requests share batches."),
+    Setting("events_topic", _topic, "pass-postbacks.v1", "Topic of the Avro events."),
+    Setting("dead_letter_topic", _topic, "pass-postbacks.dlq.v1",
+            "Topic of rejected request bodies, byte for byte, with the reason in headers."),
+    Setting("topic_partitions", _positive_int, 6, "Partitions for `passpost topics`."),
+    Setting("topic_replication_factor", _positive_int, 1,
+            "Replication factor for `passpost topics` (use 3 in production)."),
+    Setting("host", _string, "127.0.0.1", "Address `passpost serve` listens on."),
+    Setting("port", _port, 8000, "Port `passpost serve` listens on."),
+    Setting("ingest_tokens", _tokens, (),
+            "Accepted ingest tokens, comma-separated; several at once allow rotation.", secret=True),
+    Setting("ingest_open", _boolean, False,
+            "Run the ingress without any token (refused unless set to true)."),
+    Setting("max_body_bytes", _positive_int, 1024 * 1024, "Largest request body accepted (413 above)."),
+    Setting("produce_timeout_seconds", _seconds, 5.0,
+            "How long a request waits for Kafka to confirm before answering 503 (the vendor gives up after 10 s)."),
+    Setting("retry_after_seconds", _positive_int, 30, "The `Retry-After` value sent with a 503."),
+    Setting("shutdown_timeout_seconds", _seconds, 20.0,
+            "On SIGTERM, how long in-flight requests get to finish before the producer flushes."),
+    Setting("log_format", _choice("text", "json"), "text", "`text` for people, `json` for one JSON object per line."),
+    Setting("log_level", _choice("debug", "info", "warning", "error"), "info", "Lowest level logged."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap_servers: str
+    kafka_client_id: str
+    kafka_compression: str
+    kafka_linger_ms: int
+    events_topic: str
+    dead_letter_topic: str
+    topic_partitions: int
+    topic_replication_factor: int
+    host: str
+    port: int
+    ingest_tokens: tuple[str, ...] = dataclasses.field(repr=False)
+    ingest_open: bool
+    max_body_bytes: int
+    produce_timeout_seconds: float
+    retry_after_seconds: int
+    shutdown_timeout_seconds: float
+    log_format: str
+    log_level: str
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def defaults() -> Settings:
+    """Settings with every default, ignoring the environment."""
+    return Settings(**{setting.field: setting.default for setting in SETTINGS})
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every ``PASSPOST_*`` variable; raise ``SettingsError`` on the first bad one."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = environ.get(setting.env)
+        if raw is None:
+            values[setting.field] = setting.default
+            continue
+        try:
+            values[setting.field] = setting.parse(raw)
+        except ValueError as error:
+            raise SettingsError(f"{setting.env}: {error}") from None
+    return Settings(**values)
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """``PASSPOST_*`` names that no setting declares: usually a typo worth a warning."""
+    environ = os.environ if environ is None else environ
+    known = {setting.env for setting in SETTINGS}
+    return sorted(name for name in environ if name.startswith(PREFIX) and name not in known)
+
+
+def require_credentials(settings: Settings) -> None:
+    """The ingress refuses to run open by accident (SPEC section 2)."""
+    if not settings.ingest_tokens and not settings.ingest_open:
+        raise SettingsError(
+            f"{PREFIX}INGEST_TOKENS: no token configured; set one, or set {PREFIX}INGEST_OPEN=true to run without"
+        )
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from ``SETTINGS``."""
+    lines = ["| Variable | Default | What it does |", "| --- | --- | --- |"]
+    for setting in SETTINGS:
+        default = f"`{setting.shown_default}`" if setting.shown_default else "(none)"
+        lines.append(f"| `{setting.env}` | {default} | {setting.help} |")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""passpost.schemas"""
