@@ -312,7 +312,7 @@ def _merge(outer: _Level, inner: _Level) -> _Level:
     hidden: dict[str, str | None] = {}
     for field, value in inner.fields.items():
         if field in fields and fields[field] != value:
-            hidden[_element_of(field)] = fields[field]
+            hidden["../" + _element_of(field)] = fields[field]
         fields[field] = value
     for path, value in (*outer.extra.items(), *hidden.items()):
         if value is None:
