@@ -247,3 +247,7 @@ def markdown_table() -> str:
         default = f"`{setting.shown_default}`" if setting.shown_default else "(none)"
         lines.append(f"| `{setting.env}` | {default} | {setting.help} |")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

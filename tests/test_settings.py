@@ -1,0 +1,122 @@
+"""Settings from PASSPOST_* variables (passpost/settings.py) and how the CLI reports them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from passpost import settings
+from passpost.settings import SettingsError
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def test_defaults_match_the_spec() -> None:
+    loaded = settings.load({})
+    assert loaded.kafka_bootstrap_servers == "localhost:9092"
+    assert loaded.events_topic == "pass-postbacks.v1"
+    assert loaded.dead_letter_topic == "pass-postbacks.dlq.v1"
+    assert (loaded.host, loaded.port) == ("127.0.0.1", 8000)
+    assert loaded.max_body_bytes == 1024 * 1024
+    assert loaded.produce_timeout_seconds < 10  # the sender gives up after 10 s
+    assert loaded == settings.defaults()
+
+
+def test_values_are_parsed() -> None:
+    loaded = settings.load({
+        "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": " kafka-0:9092, kafka-1.example:9093 ,[::1]:9094",
+        "PASSPOST_INGEST_TOKENS": "old-token, new-token",
+        "PASSPOST_PORT": "8080",
+        "PASSPOST_INGEST_OPEN": "TRUE",
+        "PASSPOST_PRODUCE_TIMEOUT_SECONDS": "2.5",
+        "PASSPOST_LOG_FORMAT": "JSON",
+    })
+    assert loaded.kafka_bootstrap_servers == "kafka-0:9092,kafka-1.example:9093,[::1]:9094"
+    assert loaded.ingest_tokens == ("old-token", "new-token")
+    assert loaded.port == 8080 and loaded.ingest_open is True
+    assert loaded.produce_timeout_seconds == 2.5 and loaded.log_format == "json"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("PASSPOST_KAFKA_BOOTSTRAP_SERVERS", "localhost9092", "'localhost9092' is not host:port"),
+        ("PASSPOST_KAFKA_BOOTSTRAP_SERVERS", "kafka:99999", "is not host:port"),
+        ("PASSPOST_KAFKA_BOOTSTRAP_SERVERS", "http://kafka:9092", "is not host:port"),
+        ("PASSPOST_PORT", "eighty", "is not a whole number"),
+        ("PASSPOST_PORT", "70000", "is not a TCP port"),
+        ("PASSPOST_INGEST_OPEN", "maybe", "is not a boolean"),
+        ("PASSPOST_PRODUCE_TIMEOUT_SECONDS", "-1", "positive number of seconds"),
+        ("PASSPOST_PRODUCE_TIMEOUT_SECONDS", "nan", "positive number of seconds"),
+        ("PASSPOST_LOG_FORMAT", "xml", "is not one of text, json"),
+        ("PASSPOST_EVENTS_TOPIC", "bad topic!", "not a valid Kafka topic name"),
+        ("PASSPOST_INGEST_TOKENS", "has space", "printable ASCII"),
+    ],
+)
+def test_bad_values_name_the_variable_in_one_line(name: str, value: str, fragment: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        settings.load({name: value})
+    message = str(caught.value)
+    assert message.startswith(f"{name}: ") and fragment in message and "\n" not in message
+
+
+def test_no_token_is_refused_unless_open() -> None:
+    with pytest.raises(SettingsError, match="PASSPOST_INGEST_TOKENS"):
+        settings.require_credentials(settings.load({}))
+    settings.require_credentials(settings.load({"PASSPOST_INGEST_OPEN": "true"}))
+    settings.require_credentials(settings.load({"PASSPOST_INGEST_TOKENS": "t0ken"}))
+
+
+def test_tokens_are_not_in_the_repr() -> None:
+    assert "s3cret" not in repr(settings.load({"PASSPOST_INGEST_TOKENS": "s3cret"}))
+
+
+def test_unknown_variables_are_reported() -> None:
+    environ = {"PASSPOST_KAFKA_BOOTSTRAP_SERVER": "x:1", "PASSPOST_PORT": "1", "OTHER": "x"}
+    assert settings.unknown_variables(environ) == ["PASSPOST_KAFKA_BOOTSTRAP_SERVER"]
+
+
+def test_readme_table_lists_every_setting() -> None:
+    assert settings.markdown_table() in README.read_text(), "regenerate the README table: python -m passpost.settings"
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "passpost", *args], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", **(env or {})})
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "fragment"),
+    [
+        (["serve"], {}, "PASSPOST_INGEST_TOKENS"),
+        (["serve"], {"PASSPOST_INGEST_TOKENS": "t", "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": "localhost9092"},
+         "PASSPOST_KAFKA_BOOTSTRAP_SERVERS"),
+        (["serve", "--port", "0"], {"PASSPOST_INGEST_TOKENS": "t"}, "--port"),
+        (["serve", "--bogus"], {}, "--bogus"),
+        (["no-such-command"], {}, "no-such-command"),
+        (["topics"], {"PASSPOST_TOPIC_PARTITIONS": "zero"}, "PASSPOST_TOPIC_PARTITIONS"),
+    ],
+)
+def test_cli_reports_bad_settings_and_arguments_in_one_line_with_status_2(
+    args: list[str], env: dict[str, str], fragment: str
+) -> None:
+    result = run_cli(*args, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in result.stderr
+
+
+def test_cli_reports_unreachable_kafka_in_one_line() -> None:
+    result = run_cli("serve", env={"PASSPOST_INGEST_TOKENS": "t", "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "cannot reach Kafka at 127.0.0.1:1" in result.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["serve"], ["topics"], ["dev"]])
+def test_every_command_has_help(command: list[str]) -> None:
+    result = run_cli(*command, "--help")
+    assert result.returncode == 0 and "Usage:" in result.stdout
