@@ -1,0 +1,69 @@
+"""`passpost dev` on a fresh checkout: a local Kafka, the ingress, and a curl that works."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fastavro
+import pytest
+
+from passpost.dev import VENDOR_EXAMPLE
+from tests.kafka_helpers import read_all
+
+pytestmark = pytest.mark.kafka
+
+ROOT = Path(__file__).parent.parent
+SCHEMA = fastavro.parse_schema(json.loads((ROOT / "schemas" / "pass_postback.avsc").read_text()))
+
+
+def test_packaged_example_is_the_vendor_example_as_printed() -> None:
+    assert VENDOR_EXAMPLE == (ROOT / "tests" / "data" / "vendor_example.xml").read_text()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_dev_starts_kafka_and_prints_a_curl_whose_postback_lands_on_the_topic(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PASSPOST_")}
+    env["PASSPOST_PORT"] = str(free_port())
+    log = tmp_path / "dev.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "passpost", "dev"], env=env, stdout=sink, stderr=sink)
+    try:
+        deadline = time.monotonic() + 120
+        while "Ctrl-C stops everything" not in log.read_text() or "Application startup complete" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.3)
+        output = log.read_text()
+        bootstrap = re.search(r"Kafka is up at (\S+)", output).group(1)  # type: ignore[union-attr]
+        curl = output[output.index("curl -sS"): output.index("\nXML\n") + len("\nXML")]
+
+        result = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        answer = json.loads(result.stdout)
+        assert answer["events"] == 1
+
+        [record] = read_all(bootstrap, "pass-postbacks.v1", expected=1)
+        event = fastavro.schemaless_reader(io.BytesIO(record.value[10:]), SCHEMA)
+        assert event["event_id"] == answer["event_ids"][0]
+        assert event["serial_number"] == "5294CE37878AE-112613-113711"
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    assert process.returncode == 0, log.read_text()
