@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.helpers import create_ssl_context
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from passpost.settings import Settings
@@ -29,10 +30,23 @@ class KafkaUnavailable(Exception):
 
 def client_options(settings: Settings) -> dict[str, Any]:
     """Connection options shared by producers, consumers and admin clients."""
-    return {
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
         "client_id": settings.kafka_client_id,
+        "security_protocol": protocol,
     }
+    if protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=settings.kafka_ssl_ca_file,
+            certfile=settings.kafka_ssl_cert_file,
+            keyfile=settings.kafka_ssl_key_file,
+        )
+    if protocol.startswith("SASL_"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password
+    return options
 
 
 def max_record_bytes(settings: Settings) -> int:

@@ -81,9 +81,12 @@ def _boolean(raw: str) -> bool:
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
+    """One of ``choices``, matched case-insensitively and returned as spelled there."""
+    canonical = {choice.lower(): choice for choice in choices}
+
     def parse(raw: str) -> str:
-        value = raw.strip().lower()
-        if value not in choices:
+        value = canonical.get(raw.strip().lower())
+        if value is None:
             raise ValueError(f"{raw!r} is not one of {', '.join(choices)}")
         return value
 
@@ -116,6 +119,15 @@ def _tokens(raw: str) -> tuple[str, ...]:
         if not _TOKEN.match(token):
             raise ValueError("tokens must be printable ASCII without spaces or commas")
     return tokens
+
+
+def _readable_file(raw: str) -> str:
+    path = raw.strip()
+    if not path:
+        raise ValueError("must not be empty")
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise ValueError(f"{path!r} is not a readable file")
+    return path
 
 
 def _topic(raw: str) -> str:
@@ -156,6 +168,16 @@ SETTINGS: tuple[Setting, ...] = (
             "Producer compression codec."),
     Setting("kafka_linger_ms", _non_negative_int, 2,
             "How long the producer waits to fill a batch; concurrent requests share batches."),
+    Setting("kafka_security_protocol", _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), "PLAINTEXT",
+            "`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`, for producer, consumers and admin alike."),
+    Setting("kafka_sasl_mechanism", _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"), "SCRAM-SHA-512",
+            "`PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (Strimzi's `KafkaUser` uses SCRAM-SHA-512)."),
+    Setting("kafka_sasl_username", _string, None, "SASL user name (required with `SASL_*`)."),
+    Setting("kafka_sasl_password", _string, None, "SASL password (required with `SASL_*`).", secret=True),
+    Setting("kafka_ssl_ca_file", _readable_file, None,
+            "CA bundle (PEM) that signed the brokers' certificates; the system's CAs when unset."),
+    Setting("kafka_ssl_cert_file", _readable_file, None, "Client certificate (PEM) for mutual TLS."),
+    Setting("kafka_ssl_key_file", _readable_file, None, "Private key (PEM) of the client certificate."),
     Setting("events_topic", _topic, "pass-postbacks.v1", "Topic of the Avro events."),
     Setting("dead_letter_topic", _topic, "pass-postbacks.dlq.v1",
             "Topic of rejected request bodies, byte for byte, with the reason in headers."),
@@ -185,6 +207,13 @@ class Settings:
     kafka_client_id: str
     kafka_compression: str
     kafka_linger_ms: int
+    kafka_security_protocol: str
+    kafka_sasl_mechanism: str
+    kafka_sasl_username: str | None
+    kafka_sasl_password: str | None = dataclasses.field(repr=False)
+    kafka_ssl_ca_file: str | None
+    kafka_ssl_cert_file: str | None
+    kafka_ssl_key_file: str | None
     events_topic: str
     dead_letter_topic: str
     topic_partitions: int
@@ -222,7 +251,23 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             values[setting.field] = setting.parse(raw)
         except ValueError as error:
             raise SettingsError(f"{setting.env}: {error}") from None
-    return Settings(**values)
+    loaded = Settings(**values)
+    _check_consistency(loaded)
+    return loaded
+
+
+def _check_consistency(settings: Settings) -> None:
+    """Settings that are only wrong together, named so the user knows which to add."""
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        for field in ("kafka_sasl_username", "kafka_sasl_password"):
+            if getattr(settings, field) is None:
+                raise SettingsError(
+                    f"{PREFIX}{field.upper()}: required when {PREFIX}KAFKA_SECURITY_PROTOCOL is "
+                    f"{settings.kafka_security_protocol}"
+                )
+    if (settings.kafka_ssl_cert_file is None) != (settings.kafka_ssl_key_file is None):
+        missing = "KAFKA_SSL_KEY_FILE" if settings.kafka_ssl_key_file is None else "KAFKA_SSL_CERT_FILE"
+        raise SettingsError(f"{PREFIX}{missing}: a client certificate and its key go together")
 
 
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:

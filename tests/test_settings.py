@@ -120,3 +120,35 @@ def test_cli_reports_unreachable_kafka_in_one_line() -> None:
 def test_every_command_has_help(command: list[str]) -> None:
     result = run_cli(*command, "--help")
     assert result.returncode == 0 and "Usage:" in result.stdout
+
+
+def test_kafka_security_settings(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ca = tmp_path / "ca.pem"
+    ca.write_text("pem")
+    loaded = settings.load({
+        "PASSPOST_KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+        "PASSPOST_KAFKA_SASL_MECHANISM": "scram-sha-256",
+        "PASSPOST_KAFKA_SASL_USERNAME": "ingest",
+        "PASSPOST_KAFKA_SASL_PASSWORD": "pw",
+        "PASSPOST_KAFKA_SSL_CA_FILE": str(ca),
+    })
+    assert (loaded.kafka_security_protocol, loaded.kafka_sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-256")
+    assert "pw" not in repr(loaded)
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"PASSPOST_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"}, "PASSPOST_KAFKA_SASL_USERNAME"),
+        ({"PASSPOST_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "PASSPOST_KAFKA_SASL_USERNAME": "u"},
+         "PASSPOST_KAFKA_SASL_PASSWORD"),
+        ({"PASSPOST_KAFKA_SECURITY_PROTOCOL": "TLS"}, "PASSPOST_KAFKA_SECURITY_PROTOCOL"),
+        ({"PASSPOST_KAFKA_SASL_MECHANISM": "GSSAPI"}, "PASSPOST_KAFKA_SASL_MECHANISM"),
+        ({"PASSPOST_KAFKA_SSL_CA_FILE": "/no/such/ca.pem"}, "PASSPOST_KAFKA_SSL_CA_FILE"),
+        ({"PASSPOST_KAFKA_SSL_CERT_FILE": "/etc/hostname"}, "PASSPOST_KAFKA_SSL_KEY_FILE"),
+    ],
+)
+def test_inconsistent_kafka_security_settings_name_what_to_fix(environ: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        settings.load(environ)
+    assert str(caught.value).startswith(named + ": ")
