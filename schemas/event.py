@@ -70,7 +70,9 @@ class PassPostback:
     outcome: Outcome = Outcome.UNKNOWN
     code: str | None = None
     referenced_by: str | None = None
-    reference_value: str | None = None
+    # Personal data (an email address or phone number): kept out of repr so it never
+    # reaches a log line by way of an f-string or a traceback.
+    reference_value: str | None = field(default=None, repr=False)
     custom_pass_id: str | None = None
     pass_data_id: str | None = None
     serial_number: str | None = None

@@ -213,3 +213,9 @@ def test_from_record_fills_schema_defaults_and_maps_unknown_symbols() -> None:
     assert event.outcome is Outcome.UNKNOWN
     assert event.extra == {}
     assert event.received_at == datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def test_personal_data_is_not_in_the_repr() -> None:
+    event = PassPostback(event_id="e", origin="o", status_code="N801", reference_value="someone@example.com",
+                         received_at=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    assert "someone@example.com" not in repr(event)
