@@ -1,0 +1,575 @@
+"""The ingress benchmark: `passpost serve` against a bare Starlette endpoint, with wrk.
+
+    python bench/ingest.py [--duration 20] [--connections 32] [--threads 2]
+
+What one run does (see BENCHMARKS.md for the figures measured so far):
+
+1. checks that ``wrk`` is installed (``sudo apt-get install -y wrk``);
+2. starts a local Kafka broker (``passpost.localkafka``), or uses the one named by
+   ``PASSPOST_KAFKA_BOOTSTRAP_SERVERS``, and creates fresh, empty events and
+   dead-letter topics for this run;
+3. runs ``passpost serve`` as one process (uvicorn, httptools, uvloop, one worker, no
+   access log, ``PASSPOST_LOG_LEVEL=warning``) with a generated token, waits for
+   ``/readyz``, warms it up, then drives it with wrk for ``--duration`` seconds at
+   ``--connections`` connections, each request posting the vendor's example
+   (``tests/data/vendor_example.xml``, raw body, Bearer token) through ``bench/post.lua``;
+4. checks that every request answered 200 was acknowledged by Kafka: the events topic
+   must hold exactly as many records as the server answered 200, and at least as many
+   as wrk counted (a request still in flight when wrk stops is answered, and produced,
+   after wrk hung up, so wrk never sees that 200);
+5. posts a bundle of ``--bundle-items`` NOTIFICATION items ``--bundle-posts`` times, one
+   after the other, and checks each answer is a 200 with one event per item;
+6. reads the ingress's peak resident memory (VmHWM) and stops it;
+7. runs ``bench/bare_app.py`` (a Starlette endpoint that only answers 200) under the
+   same uvicorn settings and drives it identically;
+8. prints requests/s, p50 and p99 of both, the ratio, and whether the targets are met.
+
+Exit status: 0 when every check passed (the targets are reported, not enforced, unless
+``--strict``), 1 when a check failed (a non-200 answer, an unacknowledged 200, a bad
+bundle answer) or with ``--strict`` a target was missed, 2 when something needed is
+missing (wrk, Kafka).
+
+``--body FILE`` posts another body instead of the vendor's example (whose broken root
+start tag sends every request through the ingress's XML recovery).
+
+``--profile DIR`` runs the ingress under ``py-spy record`` (``pip install py-spy``) and
+writes its samples to ``DIR`` (collapsed stacks and a flame graph): the figures of a
+profiled run are slower than a plain run's and only good for finding hot spots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA_SCRIPT = ROOT / "bench" / "post.lua"
+BARE_APP = ROOT / "bench" / "bare_app.py"
+VENDOR_EXAMPLE = ROOT / "tests" / "data" / "vendor_example.xml"
+POSTBACK_PATH = "/postbacks/passes"
+WARMUP_SECONDS = 3
+
+# Targets on the reference machine (2 cores), from the ingress issue.
+TARGET_RATIO = 0.5
+TARGET_P99_MS = 20.0
+TARGET_RSS_MIB = 150.0
+TARGET_BUNDLE_S = 1.0
+
+
+class BenchError(Exception):
+    """Something the benchmark needs is missing or broke; the message is one line."""
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    mean_ms: float
+    status_200: int
+    status_other: int
+    errors: dict[str, int]
+
+    @property
+    def socket_errors(self) -> int:
+        return sum(count for name, count in self.errors.items() if name != "status")
+
+
+@dataclass
+class Report:
+    ingress: WrkResult | None = None
+    bare: WrkResult | None = None
+    ingress_rss_mib: float | None = None
+    ingress_rss_after_wrk_mib: float | None = None
+    bare_rss_mib: float | None = None
+    events_on_topic: int | None = None
+    server_200s: int | None = None
+    events_total: int | None = None
+    server_200s_total: int | None = None
+    dead_letters: int | None = None
+    bundle_times: list[float] = field(default_factory=list)
+    bundle_ok: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def require_wrk() -> str:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise BenchError(
+            "wrk is not installed; install it with `sudo apt-get install -y wrk` (Debian/Ubuntu) "
+            "or see https://github.com/wg/wrk"
+        )
+    return wrk
+
+
+def passpost_command() -> list[str]:
+    script = Path(sys.executable).parent / "passpost"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "passpost"]
+
+
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^VmHWM:\s+(\d+)\s+kB", status, re.MULTILINE)
+    return int(match.group(1)) / 1024 if match else None
+
+
+def child_pids(pid: int) -> list[int]:
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            children += [int(child) for child in (task / "children").read_text().split()]
+    return children
+
+
+# --------------------------------------------------------------------------- servers
+
+
+class Server:
+    """One server process: started, waited for, measured, stopped."""
+
+    def __init__(self, name: str, command: list[str], port: int, env: dict[str, str], logdir: Path) -> None:
+        self.name = name
+        self.command = command
+        self.port = port
+        self.env = env
+        self.log_path = logdir / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        with open(self.log_path, "wb") as output:
+            self.process = subprocess.Popen(
+                self.command, env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchError(f"{self.name} exited with status {self.process.returncode}: {self.log_tail()}")
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                status, _ = http_get(self.port, "/readyz")
+                if status == 200:
+                    return
+            time.sleep(0.2)
+        raise BenchError(f"{self.name} was not ready within {timeout:g} s: {self.log_tail()}")
+
+    @property
+    def server_pid(self) -> int:
+        """The Python process serving: the one started, or its child under py-spy."""
+        assert self.process is not None
+        if Path(self.command[0]).name == "py-spy":
+            children = child_pids(self.process.pid)
+            if children:
+                return children[0]
+        return self.process.pid
+
+    def stop(self, timeout: float = 30.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        # Under py-spy, SIGINT makes py-spy stop sampling and write its output; the
+        # server (its child, same process group) gets the signal too and shuts down.
+        process.send_signal(signal.SIGINT if Path(self.command[0]).name == "py-spy" else signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def log_tail(self, lines: int = 5) -> str:
+        with contextlib.suppress(OSError):
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+            return " | ".join(text[-lines:]) or "(no output)"
+        return "(no output)"
+
+
+def run_wrk(wrk: str, options: argparse.Namespace, port: int, token: str, seconds: int) -> WrkResult:
+    command = [
+        wrk, f"-t{options.threads}", f"-c{options.connections}", f"-d{seconds}s", "--timeout", "10s",
+        "-s", str(LUA_SCRIPT), f"http://127.0.0.1:{port}{POSTBACK_PATH}", "--", str(options.body), token,
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    for line in completed.stdout.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            return WrkResult(**json.loads(line.removeprefix("BENCH_RESULT ")))
+    raise BenchError(f"wrk printed no result (status {completed.returncode}): {completed.stderr.strip()[-300:]}")
+
+
+def scrape_200s(port: int) -> int:
+    """The ingress's own count of postbacks answered 200, from /metrics."""
+    _, text = http_get(port, "/metrics")
+    total = 0
+    for line in text.decode().splitlines():
+        if line.startswith("passpost_http_requests_total{") and f'route="{POSTBACK_PATH}"' in line \
+                and 'status="200"' in line:
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def settle(port: int, quiet_seconds: float = 1.0, timeout: float = 15.0) -> int:
+    """Wait until the ingress's 200 count stops moving (requests in flight when wrk stopped)."""
+    deadline = time.monotonic() + timeout
+    last, since = scrape_200s(port), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = scrape_200s(port)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_seconds:
+            break
+    return last
+
+
+# --------------------------------------------------------------------------- Kafka
+
+
+@contextlib.contextmanager
+def kafka_broker() -> Iterator[str]:
+    configured = os.environ.get("PASSPOST_KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        log(f"using the Kafka at {configured} (PASSPOST_KAFKA_BOOTSTRAP_SERVERS)")
+        yield configured
+        return
+    from passpost.localkafka import LocalKafka
+
+    from passpost.localkafka import LocalKafkaError
+
+    log("starting a local Kafka broker")
+    kafka = LocalKafka()
+    try:
+        kafka.start()
+    except LocalKafkaError as error:
+        kafka.close()
+        raise BenchError(f"could not start a local Kafka: {str(error).splitlines()[0]}") from None
+    try:
+        log(f"local Kafka at {kafka.bootstrap_servers}")
+        yield kafka.bootstrap_servers
+    finally:
+        kafka.close()
+
+
+def topic_records(bootstrap: str, topic: str, partitions: int) -> int:
+    """Records on ``topic``: the sum of its partitions' end offsets (it started empty)."""
+
+    async def count() -> int:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False)
+        await consumer.start()
+        try:
+            ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
+            return sum(ends.values())
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(count())
+
+
+def create_topics(env: dict[str, str]) -> int:
+    """Create this run's topics as ``passpost topics`` does; return their partition count."""
+    from passpost import settings as settings_module
+    from passpost.kafka import create_topics as create
+
+    settings = settings_module.load(env)
+    outcome = asyncio.run(create(settings))
+    for topic, state in outcome.items():
+        if state != "created":
+            raise BenchError(f"topic {topic} already existed; the benchmark needs fresh topics")
+    return settings.topic_partitions
+
+
+# --------------------------------------------------------------------------- the bundle
+
+
+def bundle_xml(items: int) -> bytes:
+    notifications = "".join(
+        "<NOTIFICATION>"
+        f"<STATUSCODE>{'N801' if index % 10 else 'N802'}</STATUSCODE>"
+        "<REFERENCEDBY>Email</REFERENCEDBY>"
+        f"<REFERENCEVALUE>user{index}@example.com</REFERENCEVALUE>"
+        f"<CUSTOMPASSID>ID-{100000 + index}</CUSTOMPASSID>"
+        f"<PASSDATAID>{40000 + index}</PASSDATAID>"
+        f"<SERIALNUMBER>5294CE37878AE-112613-{index:06d}</SERIALNUMBER>"
+        f"<TIMESTAMP>2013-11-26T11:{index // 60 % 60:02d}:{index % 60:02d}-05:00</TIMESTAMP>"
+        "</NOTIFICATION>"
+        for index in range(items)
+    )
+    return f"<POSTBACK><ORIGIN>GENERATE_PASS</ORIGIN>{notifications}</POSTBACK>".encode()
+
+
+def post_bundles(port: int, token: str, items: int, posts: int, report: Report) -> None:
+    body = bundle_xml(items)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/xml"}
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    try:
+        for _ in range(posts):
+            started = time.perf_counter()
+            connection.request("POST", POSTBACK_PATH, body=body, headers=headers)
+            response = connection.getresponse()
+            answer = response.read()
+            report.bundle_times.append(time.perf_counter() - started)
+            events = json.loads(answer).get("events") if response.status == 200 else None
+            if response.status == 200 and events == items:
+                report.bundle_ok += 1
+            else:
+                report.failures.append(f"bundle answered {response.status} {answer[:200]!r}")
+    finally:
+        connection.close()
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run(options: argparse.Namespace) -> Report:
+    wrk = require_wrk()
+    report = Report()
+    token = secrets.token_urlsafe(24)
+    run_id = secrets.token_hex(4)
+    events_topic = f"bench-{run_id}.pass-postbacks.v1"
+    dead_letter_topic = f"bench-{run_id}.pass-postbacks.dlq.v1"
+    logdir = Path(tempfile.mkdtemp(prefix="passpost-bench-"))
+    log(f"server logs in {logdir}")
+
+    with kafka_broker() as bootstrap:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("PASSPOST_")}
+        env.update({
+            "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "PASSPOST_EVENTS_TOPIC": events_topic,
+            "PASSPOST_DEAD_LETTER_TOPIC": dead_letter_topic,
+            "PASSPOST_INGEST_TOKENS": token,
+            "PASSPOST_LOG_LEVEL": "warning",
+        })
+        # Settings the caller chose for the ingress (linger, compression, partitions...).
+        env.update({key: value for key, value in os.environ.items()
+                    if key.startswith("PASSPOST_") and key not in env})
+        partitions = create_topics(env)
+        before = topic_records(bootstrap, events_topic, partitions)
+        if before != 0:
+            raise BenchError(f"the events topic {events_topic} holds {before} records before the run")
+        log(f"topics {events_topic} and {dead_letter_topic} created, empty")
+
+        # ---- the ingress
+        port = free_port()
+        command = [*passpost_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+        if options.profile:
+            py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+            options.profile.mkdir(parents=True, exist_ok=True)
+            # Blocking sampling (py-spy's default) keeps stacks whole; 100 Hz keeps its cost low.
+            command = [py_spy, "record", "--rate", "100", "--format", "raw",
+                       "-o", str(options.profile / "ingress.collapsed"), "--", *command]
+        ingress = Server("ingress", command, port, {**env, "PASSPOST_PORT": str(port)}, logdir)
+        log(f"starting passpost serve on port {port}")
+        ingress.start()
+        try:
+            log(f"warming the ingress up for {WARMUP_SECONDS} s")
+            run_wrk(wrk, options, port, token, WARMUP_SECONDS)
+            warm_200s = settle(port)
+            log(f"driving the ingress for {options.duration} s at {options.connections} connections")
+            report.ingress = run_wrk(wrk, options, port, token, options.duration)
+            report.ingress_rss_after_wrk_mib = peak_rss_mib(ingress.server_pid)
+            # Totals since the topic was created (warm-up included): these two must be equal.
+            report.server_200s_total = settle(port)
+            report.events_total = topic_records(bootstrap, events_topic, partitions)
+            # This run's share, to set against what wrk counted.
+            report.server_200s = report.server_200s_total - warm_200s
+            report.events_on_topic = report.events_total - warm_200s
+            log(f"posting a bundle of {options.bundle_items} items {options.bundle_posts} times")
+            before_bundles = topic_records(bootstrap, events_topic, partitions)
+            post_bundles(port, token, options.bundle_items, options.bundle_posts, report)
+            bundle_events = topic_records(bootstrap, events_topic, partitions) - before_bundles
+            if bundle_events != report.bundle_ok * options.bundle_items:
+                report.failures.append(
+                    f"bundles: {report.bundle_ok} answered 200 with {options.bundle_items} events, "
+                    f"but {bundle_events} events reached the topic"
+                )
+            report.ingress_rss_mib = peak_rss_mib(ingress.server_pid)
+            report.dead_letters = topic_records(bootstrap, dead_letter_topic, partitions)
+        finally:
+            ingress.stop()
+
+        # ---- the bare endpoint, same uvicorn settings, driven the same way, with the
+        # broker still up (idle) so that the machine is in the same state
+        port = free_port()
+        bare = Server("bare", [sys.executable, str(BARE_APP), "--port", str(port)], port, env, logdir)
+        log(f"starting the bare Starlette endpoint on port {port}")
+        bare.start()
+        try:
+            log(f"warming the bare endpoint up for {WARMUP_SECONDS} s")
+            run_wrk(wrk, options, port, token, WARMUP_SECONDS)
+            log(f"driving the bare endpoint for {options.duration} s at {options.connections} connections")
+            report.bare = run_wrk(wrk, options, port, token, options.duration)
+            report.bare_rss_mib = peak_rss_mib(bare.server_pid)
+        finally:
+            bare.stop()
+
+    check(report)
+    return report
+
+
+def check(report: Report) -> None:
+    ingress, bare = report.ingress, report.bare
+    assert ingress is not None and bare is not None
+    if ingress.status_other:
+        report.failures.append(f"the ingress answered {ingress.status_other} requests with a status other than 200")
+    if ingress.socket_errors:
+        report.failures.append(f"wrk saw socket errors against the ingress: {ingress.errors}")
+    if bare.status_other or bare.socket_errors:
+        report.failures.append(f"the bare endpoint failed: {bare.status_other} non-200, errors {bare.errors}")
+    if report.events_total != report.server_200s_total:
+        report.failures.append(
+            f"the ingress answered 200 {report.server_200s_total} times (warm-up included) "
+            f"but {report.events_total} events are on the topic"
+        )
+    if report.events_on_topic is not None and report.events_on_topic < ingress.status_200:
+        report.failures.append(
+            f"wrk counted {ingress.status_200} answers 200 but only {report.events_on_topic} events are on the topic"
+        )
+    if report.dead_letters:
+        report.failures.append(f"{report.dead_letters} dead letters were written")
+
+
+def print_report(report: Report, options: argparse.Namespace) -> bool:
+    ingress, bare = report.ingress, report.bare
+    assert ingress is not None and bare is not None
+    ratio = ingress.rps / bare.rps if bare.rps else 0.0
+    print()
+    print(f"passpost ingress benchmark: wrk -t{options.threads} -c{options.connections} -d{options.duration}s, "
+          f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
+          + (" (PROFILED under py-spy: figures not comparable)" if options.profile else ""))
+    print(f"body: {options.body} ({options.body.stat().st_size} bytes, raw, Bearer token); "
+          f"load average at the end: {os.getloadavg()[0]:.2f}")
+    print()
+    print(f"{'':22}{'requests/s':>12}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'max ms':>10}{'requests':>10}"
+          f"{'non-200':>9}")
+    for name, result in (("ingress (passpost)", ingress), ("bare Starlette", bare)):
+        print(f"{name:22}{result.rps:>12.0f}{result.p50_ms:>10.2f}{result.p90_ms:>10.2f}{result.p99_ms:>10.2f}"
+              f"{result.max_ms:>10.1f}{result.requests:>10}{result.status_other:>9}")
+    print()
+    print(f"ratio ingress/bare requests/s: {ratio:.2f}")
+    print(f"ingress answers 200 seen by wrk: {ingress.status_200}; answered 200 by the server (also those in "
+          f"flight when wrk stopped): {report.server_200s}; events on the topic: {report.events_on_topic}")
+    print(f"since the topic was created (warm-up included): answered 200 {report.server_200s_total}, "
+          f"events on the topic {report.events_total}")
+    print(f"dead letters: {report.dead_letters}; wrk socket errors: {ingress.errors}")
+    print(f"ingress peak RSS (VmHWM): {report.ingress_rss_mib:.1f} MiB "
+          f"(after the wrk run: {report.ingress_rss_after_wrk_mib:.1f} MiB); "
+          f"bare endpoint: {report.bare_rss_mib:.1f} MiB")
+    times = sorted(report.bundle_times)
+    if times:
+        print(f"bundle of {options.bundle_items} items x {len(times)} posts: p50 {statistics.median(times) * 1000:.0f} ms, "
+              f"max {times[-1] * 1000:.0f} ms, answered 200 with {options.bundle_items} events: "
+              f"{report.bundle_ok}/{len(times)}")
+    targets = [
+        (f"ingress >= {TARGET_RATIO} x bare requests/s", ratio >= TARGET_RATIO, f"{ratio:.2f}"),
+        (f"ingress p99 < {TARGET_P99_MS:g} ms", ingress.p99_ms < TARGET_P99_MS, f"{ingress.p99_ms:.1f} ms"),
+        (f"ingress peak RSS < {TARGET_RSS_MIB:g} MiB", (report.ingress_rss_mib or 1e9) < TARGET_RSS_MIB,
+         f"{report.ingress_rss_mib:.1f} MiB"),
+        (f"{options.bundle_items}-item bundle < {TARGET_BUNDLE_S:g} s", bool(times) and times[-1] < TARGET_BUNDLE_S,
+         f"max {times[-1] * 1000:.0f} ms" if times else "not run"),
+        ("every 200 acknowledged by Kafka, no non-200", not report.failures, "yes" if not report.failures else "NO"),
+    ]
+    print()
+    for name, met, value in targets:
+        print(f"  {'met    ' if met else 'NOT MET'}  {name}: {value}")
+    for failure in report.failures:
+        print(f"  FAILED   {failure}")
+    return all(met for _, met, _ in targets)
+
+
+def print_hot_spots(collapsed: Path, top: int = 15) -> None:
+    """The functions the ingress spent its samples in (self time), from py-spy's collapsed stacks."""
+    if not collapsed.exists():
+        print(f"\npy-spy wrote no samples to {collapsed}")
+        return
+    own: dict[str, int] = {}
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        total += int(count)
+        leaf = stack.rsplit(";", 1)[-1]
+        own[leaf] = own.get(leaf, 0) + int(count)
+    print(f"\npy-spy: {total} samples in {collapsed}; top {top} by self time:")
+    for leaf, count in sorted(own.items(), key=lambda item: -item[1])[:top]:
+        print(f"  {100 * count / total:5.1f}%  {leaf}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Benchmark passpost serve against a bare Starlette endpoint.")
+    parser.add_argument("--duration", type=int, default=20, help="seconds of load per server (default 20)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument("--bundle-items", type=int, default=300, help="NOTIFICATION items per bundle (default 300)")
+    parser.add_argument("--bundle-posts", type=int, default=20, help="bundles posted one after the other (default 20)")
+    parser.add_argument("--body", type=Path, default=VENDOR_EXAMPLE,
+                        help="request body posted by wrk (default: the vendor's example as printed, "
+                             "which takes the ingress's XML recovery path)")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="run the ingress under py-spy record and write its samples to DIR")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    options = parser.parse_args(argv)
+    if options.connections < options.threads:
+        parser.error("--connections must be at least --threads")
+    try:
+        report = run(options)
+    except BenchError as error:
+        print(f"bench: error: {error}", file=sys.stderr)
+        return 2
+    all_met = print_report(report, options)
+    if options.profile:
+        print_hot_spots(options.profile / "ingress.collapsed")
+    if report.failures:
+        return 1
+    return 1 if options.strict and not all_met else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
