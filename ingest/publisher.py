@@ -11,6 +11,7 @@ the event id, derived from the content, makes the duplicate recognisable downstr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -58,15 +59,30 @@ class Publisher:
         self._ready_checked_at = time.monotonic()
 
     async def stop(self) -> None:
-        """Flush what is in flight and close. Safe to call twice."""
+        """Flush what is in flight and close. Safe to call twice.
+
+        Every request waited at most ``produce_timeout_seconds`` for its records, so after
+        the server has finished in-flight requests anything still unconfirmed was already
+        answered 503: flushing longer than that keeps no promise and only delays exit.
+        """
         producer, self._producer = self._producer, None
         if producer is None:
             return
+        timeout = self._settings.produce_timeout_seconds
         try:
-            await asyncio.wait_for(producer.flush(), self._settings.shutdown_timeout_seconds)
+            await asyncio.wait_for(producer.flush(), timeout)
         except (asyncio.TimeoutError, KafkaError) as error:
-            log.warning("producer flush did not complete: %s", describe(error))
-        await producer.stop()
+            log.warning("records not confirmed at shutdown are dropped (their requests got 503): %s",
+                        describe(error))
+        try:
+            await asyncio.wait_for(producer.stop(), timeout)
+        except asyncio.TimeoutError:
+            # aiokafka's stop() waits for its buffer to drain, which never happens while
+            # the broker is away; close its sender and connections directly instead.
+            with contextlib.suppress(Exception):
+                await producer._sender.close()
+            with contextlib.suppress(Exception):
+                await producer.client.close()
 
     async def publish(self, topic: str, records: Sequence[tuple[bytes | None, bytes, Headers | None]]) -> None:
         """Send ``(key, value, headers)`` records and wait until Kafka confirmed all of them."""
