@@ -17,7 +17,13 @@ import time
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 
 from passpost.ingest.metrics import IngestMetrics
 from passpost.kafka import KafkaUnavailable, client_options, describe, max_record_bytes, start_client
@@ -28,46 +34,61 @@ log = logging.getLogger("passpost.ingest")
 Headers = list[tuple[str, bytes]]
 
 
+# Errors after which an idempotent producer's state (producer id, sequence numbers) no
+# longer matches the broker's: typically batches expired while the broker was away, so the
+# broker sees a gap in the sequence. aiokafka keeps failing every later batch, where the
+# Java client would bump its epoch; replacing the producer (a new producer id) recovers.
+_BROKEN_PRODUCER_STATE = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, ProducerFenced)
+
+
 class Publisher:
     def __init__(self, settings: Settings, metrics: IngestMetrics) -> None:
         self._settings = settings
         self._metrics = metrics
         self._producer: AIOKafkaProducer | None = None
+        self._replacing: asyncio.Task[None] | None = None
         self._ready_checked_at = 0.0
         self._ready = False
 
-    async def start(self) -> None:
-        """Connect to Kafka; a no-op when already started."""
-        if self._producer is not None:
-            return
+    def _build(self) -> AIOKafkaProducer:
         settings = self._settings
-        compression = None if settings.kafka_compression == "none" else settings.kafka_compression
-        producer = AIOKafkaProducer(
+        return AIOKafkaProducer(
             **client_options(settings),
             acks="all",
             enable_idempotence=True,
-            compression_type=compression,
+            compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
             linger_ms=settings.kafka_linger_ms,
             max_batch_size=64 * 1024,
             max_request_size=max_record_bytes(settings),
             # Below the sender's 10 s: a request the producer cannot confirm fails in time.
             request_timeout_ms=int(settings.produce_timeout_seconds * 1000),
         )
-        await start_client(producer, settings)
+
+    async def start(self) -> None:
+        """Connect to Kafka; a no-op when already started."""
+        if self._producer is not None:
+            return
+        producer = self._build()
+        await start_client(producer, self._settings)
         self._producer = producer
         self._ready = True
         self._ready_checked_at = time.monotonic()
 
     async def stop(self) -> None:
-        """Flush what is in flight and close. Safe to call twice.
-
-        Every request waited at most ``produce_timeout_seconds`` for its records, so after
-        the server has finished in-flight requests anything still unconfirmed was already
-        answered 503: flushing longer than that keeps no promise and only delays exit.
-        """
+        """Flush what is in flight and close. Safe to call twice."""
         producer, self._producer = self._producer, None
-        if producer is None:
-            return
+        if self._replacing is not None:
+            self._replacing.cancel()
+        if producer is not None:
+            await self._close(producer)
+
+    async def _close(self, producer: AIOKafkaProducer) -> None:
+        """Flush and stop ``producer``, bounded by ``produce_timeout_seconds`` per step.
+
+        Every request waited at most that long for its records, so after the server has
+        finished in-flight requests anything still unconfirmed was already answered 503:
+        waiting longer keeps no promise and only delays exit.
+        """
         timeout = self._settings.produce_timeout_seconds
         try:
             await asyncio.wait_for(producer.flush(), timeout)
@@ -84,6 +105,24 @@ class Publisher:
             with contextlib.suppress(Exception):
                 await producer.client.close()
 
+    def _replace_later(self, broken: AIOKafkaProducer) -> None:
+        if self._producer is broken and (self._replacing is None or self._replacing.done()):
+            self._replacing = asyncio.get_running_loop().create_task(self._replace(broken))
+
+    async def _replace(self, broken: AIOKafkaProducer) -> None:
+        replacement = self._build()
+        try:
+            await start_client(replacement, self._settings)
+        except KafkaUnavailable as error:
+            log.warning("could not replace the producer yet: %s", error)
+            return  # the next failed request tries again
+        if self._producer is not broken:  # stopped meanwhile
+            await self._close(replacement)
+            return
+        self._producer = replacement
+        log.warning("replaced the Kafka producer after it lost its idempotence state")
+        await self._close(broken)
+
     async def publish(self, topic: str, records: Sequence[tuple[bytes | None, bytes, Headers | None]]) -> None:
         """Send ``(key, value, headers)`` records and wait until Kafka confirmed all of them."""
         producer = self._producer
@@ -99,6 +138,8 @@ class Publisher:
             ) from None
         except KafkaError as error:
             self._metrics.produce_errors.labels(topic, type(error).__name__).inc()
+            if isinstance(error, _BROKEN_PRODUCER_STATE):
+                self._replace_later(producer)
             raise KafkaUnavailable(f"Kafka refused the records: {describe(error)}") from None
         self._metrics.produce_latency.labels(topic).observe(time.perf_counter() - started)
 
