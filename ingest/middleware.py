@@ -10,9 +10,9 @@ string, which may hold a token.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,11 +24,17 @@ log = logging.getLogger("passpost.access")
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
+_QUIET_ROUTES = frozenset({"/metrics", "/healthz", "/readyz"})  # probes and scrapes: counted, not logged
+
+
 class RequestContext:
     def __init__(self, app: ASGIApp, metrics: IngestMetrics, routes: set[str]) -> None:
         self.app = app
         self.metrics = metrics
         self.routes = routes
+        # `.labels()` takes a lock and builds a key on every call; this runs per request.
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._latencies: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -54,12 +60,22 @@ class RequestContext:
             elapsed = time.perf_counter() - started
             path: str = scope["path"]
             route = path if path in self.routes else "unmatched"
-            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
-            self.metrics.request_latency.labels(route).observe(elapsed)
-            if route != "/metrics" and route != "/healthz" and route != "/readyz":
+            self._count(route, scope["method"], status, elapsed)
+            if route not in _QUIET_ROUTES and log.isEnabledFor(logging.INFO):
                 fields = {"request_id": request_id, "method": scope["method"], "path": path[:200], "status": status,
                           "duration_ms": round(elapsed * 1000, 2), **state.get("log_fields", {})}
                 log.info("request", extra={"fields": fields})
+
+    def _count(self, route: str, method: str, status: int, elapsed: float) -> None:
+        key = (route, method, status)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.metrics.requests.labels(route, method, str(status))
+        counter.inc()
+        latency = self._latencies.get(route)
+        if latency is None:
+            latency = self._latencies[route] = self.metrics.request_latency.labels(route)
+        latency.observe(elapsed)
 
 
 def _request_id(scope: Scope) -> str:
@@ -69,4 +85,4 @@ def _request_id(scope: Scope) -> str:
             if _SANE_REQUEST_ID.match(candidate):
                 return candidate
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()

@@ -166,8 +166,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kafka_client_id", _string, "passpost", "Client id sent to Kafka (shows in broker logs and quotas)."),
     Setting("kafka_compression", _choice("lz4", "zstd", "gzip", "snappy", "none"), "lz4",
             "Producer compression codec."),
-    Setting("kafka_linger_ms", _non_negative_int, 2,
-            "How long the producer waits to fill a batch; concurrent requests share batches."),
+    Setting("kafka_linger_ms", _non_negative_int, 0,
+            "How long the producer waits to fill a batch. 0 suits the ingress: records of concurrent "
+            "requests share a batch anyway while the previous one is in flight."),
     Setting("kafka_security_protocol", _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), "PLAINTEXT",
             "`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`, for producer, consumers and admin alike."),
     Setting("kafka_sasl_mechanism", _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"), "SCRAM-SHA-512",

@@ -372,3 +372,15 @@ def test_rejection_detail_never_echoes_personal_data() -> None:
 def test_stages_can_be_used_alone() -> None:
     root, recovered = parse_xml(extract_xml(postback(), ""))
     assert not recovered and postbacks_in(root)[0].origin == "GENERATE_PASS"
+
+
+def test_root_attributes_the_shortcut_does_not_know_still_parse_strictly() -> None:
+    body = '<POSTBACK nöte="1"><ORIGIN>A</ORIGIN><STATUSCODE>N801</STATUSCODE></POSTBACK>'.encode()
+    parsed = read_postbacks(body, "")
+    assert not parsed.recovered and parsed.postbacks[0].extra == {"@nöte": "1"}
+
+
+def test_event_id_separates_fields_unambiguously() -> None:
+    one = read_postbacks(postback(CUSTOMPASSID="a", PASSDATAID="b"), "").postbacks[0].event_id()
+    two = read_postbacks(postback(CUSTOMPASSID="ab", PASSDATAID=""), "").postbacks[0].event_id()
+    assert one != two
