@@ -31,9 +31,8 @@ from passpost.ingest.auth import TokenCheck
 from passpost.ingest.metrics import IngestMetrics
 from passpost.ingest.middleware import RequestContext
 from passpost.ingest.postback import Rejected, extract_xml, parse_xml, postbacks_in
-from passpost.ingest.publisher import Publisher
+from passpost.ingest.publisher import Publisher, event_records
 from passpost.kafka import KafkaUnavailable
-from passpost.schemas.codec import encode
 from passpost.settings import Settings
 
 log = logging.getLogger("passpost.ingest")
@@ -83,10 +82,9 @@ class Ingress:
             return await self._dead_letter(body, rejected, received_at, content_type, request_id)
 
         events = [postback.to_event(received_at) for postback in postbacks]
-        headers = [("request_id", request_id.encode())]
         try:
             await self.publisher.publish(
-                self.settings.events_topic, [(event.kafka_key(), encode(event), headers) for event in events]
+                self.settings.events_topic, event_records(events, [("request_id", request_id.encode())])
             )
         except KafkaUnavailable as unavailable:
             return self._unavailable(unavailable)

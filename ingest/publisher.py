@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -26,12 +26,20 @@ from aiokafka.errors import (
 )
 
 from passpost.ingest.metrics import IngestMetrics
+from passpost.schemas.codec import encode
+from passpost.schemas.event import PassPostback
 from passpost.kafka import KafkaUnavailable, client_options, describe, max_record_bytes, start_client
 from passpost.settings import Settings
 
 log = logging.getLogger("passpost.ingest")
 
 Headers = list[tuple[str, bytes]]
+Record = tuple[bytes | None, bytes, Headers | None]
+
+
+def event_records(events: Iterable[PassPostback], headers: Headers) -> list[Record]:
+    """Events as ``(key, value, headers)`` records for the events topic (SPEC section 3)."""
+    return [(event.kafka_key(), encode(event), headers) for event in events]
 
 
 # Errors after which an idempotent producer's state (producer id, sequence numbers) no
@@ -123,7 +131,7 @@ class Publisher:
         log.warning("replaced the Kafka producer after it lost its idempotence state")
         await self._close(broken)
 
-    async def publish(self, topic: str, records: Sequence[tuple[bytes | None, bytes, Headers | None]]) -> None:
+    async def publish(self, topic: str, records: Sequence[Record]) -> None:
         """Send ``(key, value, headers)`` records and wait until Kafka confirmed all of them."""
         producer = self._producer
         if producer is None:
@@ -147,7 +155,7 @@ class Publisher:
 
     @staticmethod
     async def _send_all(
-        producer: AIOKafkaProducer, topic: str, records: Sequence[tuple[bytes | None, bytes, Headers | None]]
+        producer: AIOKafkaProducer, topic: str, records: Sequence[Record]
     ) -> None:
         # Hand every record to the producer first so that they share batches, then wait
         # for all the confirmations together.

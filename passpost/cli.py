@@ -86,6 +86,23 @@ def dev(port: int | None) -> None:
     run(settings)
 
 
+@cli.group()
+def dlq() -> None:
+    """Work with the dead-letter topic."""
+
+
+@dlq.command("replay")
+@click.option("--from-beginning", is_flag=True, help="Read every dead letter again, not only those after the last replay.")
+@click.option("--dry-run", is_flag=True, help="Report what would become events without producing or committing.")
+def dlq_replay(from_beginning: bool, dry_run: bool) -> None:
+    """Send dead letters through the ingress's parsing again, after a fix."""
+    settings = _settings()
+    from passpost.ingest.replay import replay
+
+    report = asyncio.run(replay(settings, from_beginning=from_beginning, dry_run=dry_run))
+    click.echo(("dry run: " if dry_run else "") + report.summary())
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     sys.exit(_run(cli.main, argv))
 

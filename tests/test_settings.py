@@ -116,7 +116,7 @@ def test_cli_reports_unreachable_kafka_in_one_line() -> None:
     assert "cannot reach Kafka at 127.0.0.1:1" in result.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["serve"], ["topics"], ["dev"]])
+@pytest.mark.parametrize("command", [[], ["serve"], ["topics"], ["dev"], ["dlq", "replay"]])
 def test_every_command_has_help(command: list[str]) -> None:
     result = run_cli(*command, "--help")
     assert result.returncode == 0 and "Usage:" in result.stdout
