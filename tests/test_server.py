@@ -1,0 +1,90 @@
+"""`passpost serve` as a process (ingest/server.py): SIGTERM lets in-flight requests finish."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from passpost import settings as settings_module
+from passpost.ingest.app import create_app
+from tests.kafka_helpers import create_topics, read_all, unique_topic
+
+pytestmark = pytest.mark.kafka
+
+TOKEN = "server-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_readiness_turns_503_once_draining(kafka_bootstrap: str) -> None:
+    settings = settings_module.defaults().replace(kafka_bootstrap_servers=kafka_bootstrap, ingest_tokens=(TOKEN,))
+    app = create_app(settings)
+    with TestClient(app) as client:
+        assert client.get("/readyz").status_code == 200
+        app.state.ingress.draining = True
+        response = client.get("/readyz")
+        assert response.status_code == 503 and response.json()["error"] == "shutting_down"
+        assert client.get("/healthz").status_code == 200
+
+
+def test_sigterm_finishes_the_request_in_flight_then_exits_0(kafka_bootstrap: str, tmp_path: Path) -> None:
+    events, dead = unique_topic("events"), unique_topic("dlq")
+    create_topics(kafka_bootstrap, [events, dead])
+    port = free_port()
+    env = {**os.environ, "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "PASSPOST_INGEST_TOKENS": TOKEN,
+           "PASSPOST_PORT": str(port), "PASSPOST_EVENTS_TOPIC": events, "PASSPOST_DEAD_LETTER_TOPIC": dead}
+    log = tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "passpost", "serve"], env=env, stdout=sink, stderr=sink)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+
+        started = threading.Event()
+
+        def slow_body() -> Iterator[bytes]:
+            # The request is in flight when SIGTERM arrives: its body is still arriving.
+            yield b"<POSTBACK><ORIGIN>GENERATE_PASS</ORIGIN>"
+            started.set()
+            time.sleep(1.5)
+            yield b"<STATUSCODE>N811</STATUSCODE><SERIALNUMBER>in-flight</SERIALNUMBER></POSTBACK>"
+
+        answer: dict[str, httpx.Response] = {}
+        poster = threading.Thread(target=lambda: answer.setdefault("r", httpx.post(
+            f"{url}/postbacks/passes", content=slow_body(), headers={"Authorization": f"Bearer {TOKEN}"}, timeout=20)))
+        poster.start()
+        assert started.wait(10)
+        time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        poster.join(20)
+        assert answer["r"].status_code == 200, answer["r"].text
+        assert process.wait(30) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    [record] = read_all(kafka_bootstrap, events, expected=1)
+    assert record.key == b"in-flight"
+    assert "Traceback" not in log.read_text()
