@@ -11,6 +11,7 @@ Kafka, metrics, logging).
 from __future__ import annotations
 
 import argparse
+import logging
 
 import uvicorn
 import uvloop
@@ -18,6 +19,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from passpost.ingest.server import uvicorn_config
+from passpost.settings import defaults
 
 
 async def ok(request: Request) -> Response:
@@ -37,18 +41,10 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     options = parser.parse_args()
-    config = uvicorn.Config(
-        app,
-        host=options.host,
-        port=options.port,
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        log_level="warning",
-        server_header=False,
-    )
-    uvloop.run(uvicorn.Server(config).serve())
+    # The very uvicorn settings `passpost serve` uses, so the comparison is like for like.
+    settings = defaults().replace(host=options.host, port=options.port)
+    logging.basicConfig(level=logging.WARNING)
+    uvloop.run(uvicorn.Server(uvicorn_config(app, settings)).serve())
 
 
 if __name__ == "__main__":

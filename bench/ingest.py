@@ -58,7 +58,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA_SCRIPT = ROOT / "bench" / "post.lua"

@@ -14,6 +14,7 @@ import signal
 from collections.abc import Callable, Generator
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from passpost.ingest.app import create_app
 from passpost.ingest.metrics import IngestMetrics
@@ -44,12 +45,9 @@ class IngressServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-async def serve(settings: Settings) -> None:
-    metrics = IngestMetrics()
-    publisher = Publisher(settings, metrics)
-    await publisher.start()
-    app = create_app(settings, publisher, metrics)
-    config = uvicorn.Config(
+def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
+    """How the ingress runs under uvicorn (the benchmark's bare endpoint runs the same way)."""
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -60,6 +58,14 @@ async def serve(settings: Settings) -> None:
         server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
     )
+
+
+async def serve(settings: Settings) -> None:
+    metrics = IngestMetrics()
+    publisher = Publisher(settings, metrics)
+    await publisher.start()
+    app = create_app(settings, publisher, metrics)
+    config = uvicorn_config(app, settings)
     ingress = app.state.ingress
 
     def start_draining() -> None:

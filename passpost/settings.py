@@ -30,30 +30,27 @@ def _string(raw: str) -> str:
     return value
 
 
-def _positive_int(raw: str) -> int:
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ValueError(f"{raw!r} is not a whole number") from None
-    if value < 1:
-        raise ValueError(f"{raw!r} must be at least 1")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"{raw!r} is not a whole number") from None
+        if value < minimum:
+            raise ValueError(f"{raw!r} must be at least {minimum}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def _port(raw: str) -> int:
     value = _positive_int(raw)
     if value > 65535:
         raise ValueError(f"{raw!r} is not a TCP port (1-65535)")
-    return value
-
-
-def _non_negative_int(raw: str) -> int:
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ValueError(f"{raw!r} is not a whole number") from None
-    if value < 0:
-        raise ValueError(f"{raw!r} must not be negative")
     return value
 
 

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 
 from passpost.dev import VENDOR_EXAMPLE
 from tests.kafka_helpers import read_all
+from tests.live import free_port
 
 pytestmark = pytest.mark.kafka
 
@@ -27,12 +27,6 @@ SCHEMA = fastavro.parse_schema(json.loads((ROOT / "schemas" / "pass_postback.avs
 
 def test_packaged_example_is_the_vendor_example_as_printed() -> None:
     assert VENDOR_EXAMPLE == (ROOT / "tests" / "data" / "vendor_example.xml").read_text()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_dev_starts_kafka_and_prints_a_curl_whose_postback_lands_on_the_topic(tmp_path: Path) -> None:

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +21,7 @@ import httpx
 import pytest
 
 from tests.kafka_helpers import create_topics, read_all
+from tests.live import LiveIngress, live_ingress
 
 pytestmark = pytest.mark.kafka
 
@@ -33,54 +30,13 @@ SCHEMA = fastavro.parse_schema(json.loads((ROOT / "schemas" / "pass_postback.avs
 TOKEN = "fault-token"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class LiveIngress:
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-
 @pytest.fixture
-def live_ingress(local_kafka, tmp_path: Path) -> Iterator[LiveIngress]:  # type: ignore[no-untyped-def]
+def ingress(local_kafka, tmp_path: Path) -> Iterator[LiveIngress]:  # type: ignore[no-untyped-def]
     create_topics(local_kafka.bootstrap_servers, ["pass-postbacks.v1", "pass-postbacks.dlq.v1"])
-    port = free_port()
-    env = {
-        **os.environ,
-        "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": local_kafka.bootstrap_servers,
-        "PASSPOST_INGEST_TOKENS": TOKEN,
-        "PASSPOST_PORT": str(port),
-        "PASSPOST_PRODUCE_TIMEOUT_SECONDS": "2",
-        "PASSPOST_LOG_LEVEL": "warning",
-    }
-    log = tmp_path / "ingress.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "passpost", "serve"], env=env, stdout=sink, stderr=sink)
-    ingress = LiveIngress(process, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{ingress.url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None:
-            pytest.fail(f"passpost serve exited: {log.read_text()}")
-        time.sleep(0.2)
-    else:
-        pytest.fail(f"passpost serve never became ready: {log.read_text()}")
-    yield ingress
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    env = {"PASSPOST_KAFKA_BOOTSTRAP_SERVERS": local_kafka.bootstrap_servers, "PASSPOST_INGEST_TOKENS": TOKEN,
+           "PASSPOST_PRODUCE_TIMEOUT_SECONDS": "2", "PASSPOST_LOG_LEVEL": "warning"}
+    with live_ingress(env, tmp_path / "ingress.log") as running:
+        yield running
 
 
 @dataclass
@@ -115,10 +71,10 @@ def keep_posting(url: str, worker: int, stop: threading.Event, answers: list[Ans
                 time.sleep(0.05)
 
 
-def test_no_postback_answered_200_is_lost_when_the_broker_goes_away(local_kafka, live_ingress: LiveIngress) -> None:  # type: ignore[no-untyped-def]
+def test_no_postback_answered_200_is_lost_when_the_broker_goes_away(local_kafka, ingress: LiveIngress) -> None:  # type: ignore[no-untyped-def]
     answers: list[Answer] = []
     stop = threading.Event()
-    workers = [threading.Thread(target=keep_posting, args=(live_ingress.url, n, stop, answers)) for n in range(4)]
+    workers = [threading.Thread(target=keep_posting, args=(ingress.url, n, stop, answers)) for n in range(4)]
     for worker in workers:
         worker.start()
     try:
@@ -152,5 +108,5 @@ def test_no_postback_answered_200_is_lost_when_the_broker_goes_away(local_kafka,
     missing = accepted - on_topic
     assert not missing, f"{len(missing)} of {len(accepted)} postbacks answered 200 are not on the topic"
 
-    live_ingress.process.send_signal(signal.SIGTERM)
-    assert live_ingress.process.wait(30) == 0, live_ingress.log.read_text()
+    ingress.process.send_signal(signal.SIGTERM)
+    assert ingress.process.wait(30) == 0, ingress.log.read_text()

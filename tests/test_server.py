@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,16 +15,11 @@ from starlette.testclient import TestClient
 from passpost import settings as settings_module
 from passpost.ingest.app import create_app
 from tests.kafka_helpers import create_topics, read_all, unique_topic
+from tests.live import live_ingress
 
 pytestmark = pytest.mark.kafka
 
 TOKEN = "server-token"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_readiness_turns_503_once_draining(kafka_bootstrap: str) -> None:
@@ -45,24 +36,10 @@ def test_readiness_turns_503_once_draining(kafka_bootstrap: str) -> None:
 def test_sigterm_finishes_the_request_in_flight_then_exits_0(kafka_bootstrap: str, tmp_path: Path) -> None:
     events, dead = unique_topic("events"), unique_topic("dlq")
     create_topics(kafka_bootstrap, [events, dead])
-    port = free_port()
-    env = {**os.environ, "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "PASSPOST_INGEST_TOKENS": TOKEN,
-           "PASSPOST_PORT": str(port), "PASSPOST_EVENTS_TOPIC": events, "PASSPOST_DEAD_LETTER_TOPIC": dead}
-    log = tmp_path / "serve.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "passpost", "serve"], env=env, stdout=sink, stderr=sink)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-
+    env = {"PASSPOST_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "PASSPOST_INGEST_TOKENS": TOKEN,
+           "PASSPOST_EVENTS_TOPIC": events, "PASSPOST_DEAD_LETTER_TOPIC": dead}
+    with live_ingress(env, tmp_path / "serve.log") as ingress:
+        process, url = ingress.process, ingress.url
         started = threading.Event()
 
         def slow_body() -> Iterator[bytes]:
@@ -81,10 +58,7 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(kafka_bootstrap: st
         process.send_signal(signal.SIGTERM)
         poster.join(20)
         assert answer["r"].status_code == 200, answer["r"].text
-        assert process.wait(30) == 0, log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
+        assert process.wait(30) == 0, ingress.log.read_text()
     [record] = read_all(kafka_bootstrap, events, expected=1)
     assert record.key == b"in-flight"
-    assert "Traceback" not in log.read_text()
+    assert "Traceback" not in ingress.log.read_text()
