@@ -6,7 +6,12 @@ in one process and read each one's counts.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+)
 
 # The *_created series double the exposition for no use a dashboard has.
 disable_created_metrics()

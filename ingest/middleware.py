@@ -15,9 +15,8 @@ import re
 import time
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from passpost.ingest.metrics import IngestMetrics
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("passpost.access")
 

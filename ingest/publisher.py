@@ -24,11 +24,17 @@ from aiokafka.errors import (
     ProducerFenced,
     UnknownProducerId,
 )
-
 from passpost.ingest.metrics import IngestMetrics
 from passpost.schemas.codec import encode
 from passpost.schemas.event import PassPostback
-from passpost.kafka import KafkaUnavailable, client_options, describe, max_record_bytes, start_client
+
+from passpost.kafka import (
+    KafkaUnavailable,
+    client_options,
+    describe,
+    max_record_bytes,
+    start_client,
+)
 from passpost.settings import Settings
 
 log = logging.getLogger("passpost.ingest")

@@ -7,7 +7,6 @@ from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import pytest
-
 from passpost.ingest.postback import (
     Rejected,
     extract_xml,
