@@ -19,11 +19,6 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 
-from passpost.ingest.auth import TokenCheck
-from passpost.ingest.metrics import IngestMetrics
-from passpost.ingest.middleware import RequestContext
-from passpost.ingest.postback import Rejected, extract_xml, parse_xml, postbacks_in
-from passpost.ingest.publisher import Publisher, event_records
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -32,6 +27,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from passpost.ingest.auth import TokenCheck
+from passpost.ingest.metrics import IngestMetrics
+from passpost.ingest.middleware import RequestContext
+from passpost.ingest.postback import Rejected, extract_xml, parse_xml, postbacks_in
+from passpost.ingest.publisher import Publisher, event_records
 from passpost.kafka import KafkaUnavailable
 from passpost.settings import Settings
 

@@ -15,8 +15,9 @@ import re
 import time
 from typing import Any
 
-from passpost.ingest.metrics import IngestMetrics
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from passpost.ingest.metrics import IngestMetrics
 
 log = logging.getLogger("passpost.access")
 

@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from urllib.parse import unquote_to_bytes
 
 from lxml import etree
+
 from passpost.schemas.event import PassPostback, classify
 
 # The vendor's element names and the event fields they fill (SPEC section 3).

@@ -24,10 +24,8 @@ from aiokafka.errors import (
     ProducerFenced,
     UnknownProducerId,
 )
-from passpost.ingest.metrics import IngestMetrics
-from passpost.schemas.codec import encode
-from passpost.schemas.event import PassPostback
 
+from passpost.ingest.metrics import IngestMetrics
 from passpost.kafka import (
     KafkaUnavailable,
     client_options,
@@ -35,6 +33,8 @@ from passpost.kafka import (
     max_record_bytes,
     start_client,
 )
+from passpost.schemas.codec import encode
+from passpost.schemas.event import PassPostback
 from passpost.settings import Settings
 
 log = logging.getLogger("passpost.ingest")

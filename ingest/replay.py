@@ -24,10 +24,10 @@ from datetime import datetime, timezone
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
+
 from passpost.ingest.metrics import IngestMetrics
 from passpost.ingest.postback import Rejected, read_postbacks
 from passpost.ingest.publisher import Publisher, event_records
-
 from passpost.kafka import KafkaUnavailable, client_options, describe, start_client
 from passpost.settings import Settings
 

@@ -14,11 +14,11 @@ import signal
 from collections.abc import Callable, Generator
 
 import uvicorn
+from starlette.types import ASGIApp
+
 from passpost.ingest.app import create_app
 from passpost.ingest.metrics import IngestMetrics
 from passpost.ingest.publisher import Publisher
-from starlette.types import ASGIApp
-
 from passpost.settings import Settings
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import fastavro
 import pytest
-from passpost.ingest.app import POSTBACK_PATH, create_app
 from starlette.testclient import TestClient
 
 from passpost import settings as settings_module
+from passpost.ingest.app import POSTBACK_PATH, create_app
 from passpost.settings import Settings
 from tests.kafka_helpers import create_topics, read_all
 

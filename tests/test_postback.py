@@ -7,6 +7,7 @@ from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import pytest
+
 from passpost.ingest.postback import (
     Rejected,
     extract_xml,

@@ -11,9 +11,9 @@ from pathlib import Path
 import fastavro
 import pytest
 from aiokafka import AIOKafkaProducer
-from passpost.ingest.replay import replay
 
 from passpost import settings as settings_module
+from passpost.ingest.replay import replay
 from passpost.settings import Settings
 from tests.kafka_helpers import create_topics, read_all
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from passpost.ingest.app import create_app
 from starlette.testclient import TestClient
 
 from passpost import settings as settings_module
+from passpost.ingest.app import create_app
 from tests.kafka_helpers import create_topics, read_all, unique_topic
 from tests.live import live_ingress
 
