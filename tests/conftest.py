@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from passpost.localkafka import LocalKafka
+from tests.alertmanager_fixtures import alertmanager_url  # noqa: F401 (a fixture, for tests/test_alerts_*)
 from tests.kafka_helpers import create_topics
 
 # ---------------------------------------------------------------------------------------
