@@ -10,12 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Iterable
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    IllegalSaslStateError,
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    TopicAlreadyExistsError,
+)
 from aiokafka.helpers import create_ssl_context
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.protocol.metadata import MetadataRequest
 
 from passpost.settings import Settings
 
@@ -103,14 +112,58 @@ async def start_client(client: Any, settings: Settings, timeout: float = 20.0) -
     aiokafka_log.setLevel(logging.CRITICAL)
     try:
         await asyncio.wait_for(client.start(), timeout)
-    except (KafkaError, OSError, asyncio.TimeoutError) as error:
+    except (KafkaError, OSError, TimeoutError) as error:
         with contextlib.suppress(Exception):
             await (client.close() if hasattr(client, "close") else client.stop())
-        raise KafkaUnavailable(
-            f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {describe(error)}"
-        ) from None
+        if isinstance(error, KafkaConnectionError) and "Unable to bootstrap" in str(error):
+            # aiokafka only logs why each bootstrap server failed; connect once more to learn it.
+            with contextlib.suppress(TimeoutError):
+                error = await asyncio.wait_for(_bootstrap_failure(settings), timeout) or error
+        raise KafkaUnavailable(_connection_problem(error, settings)) from None
     finally:
         aiokafka_log.setLevel(level)
+
+
+async def _bootstrap_failure(settings: Settings) -> BaseException | None:
+    """Why no bootstrap server answered: the first refusal of credentials or TLS, else the last error."""
+    options = client_options(settings)
+    options.pop("bootstrap_servers")
+    last: BaseException | None = None
+    for server in settings.kafka_bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            connection = await create_conn(host.strip("[]"), int(port), request_timeout_ms=5000, **options)
+            try:
+                await connection.send(MetadataRequest([]))
+            finally:
+                connection.close()
+        except (KafkaError, OSError, TimeoutError, ValueError) as error:
+            if isinstance(error, (SaslAuthenticationFailed, ssl.SSLError)):
+                return error
+            last = error
+    return last
+
+
+def _connection_problem(error: BaseException, settings: Settings) -> str:
+    servers, protocol = settings.kafka_bootstrap_servers, settings.kafka_security_protocol
+    if isinstance(error, SaslAuthenticationFailed):
+        reason = error.args[0] if error.args else error.description  # the broker's words
+        return (f"Kafka at {servers} refused the credentials of SASL user {settings.kafka_sasl_username!r} "
+                f"({settings.kafka_sasl_mechanism}): {reason}")
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (f"TLS certificate verify failed for Kafka at {servers}: {error.verify_message} "
+                "(PASSPOST_KAFKA_SSL_CA_FILE must hold the CA that signed the broker's certificate)")
+    if isinstance(error, ssl.SSLError):
+        return f"TLS with Kafka at {servers} failed: {describe(error)}"
+    hint = ""
+    if isinstance(error, (KafkaConnectionError, ConnectionResetError, IllegalSaslStateError)):
+        # The broker hung up on us: most often a listener of another security protocol.
+        certificate = ""
+        if protocol.endswith("SSL"):
+            certificate = (", and does it accept the client certificate" if settings.kafka_ssl_cert_file
+                           else ", and does it not require a client certificate")
+        hint = f" (is {servers} a listener for {protocol}{certificate}?)"
+    return f"cannot reach Kafka at {servers}: {describe(error)}{hint}"
 
 
 def describe(error: BaseException) -> str:

@@ -7,6 +7,18 @@ cached, and started with ``java``; nothing else is installed.
     with LocalKafka() as kafka:
         print(kafka.bootstrap_servers)     # "127.0.0.1:PORT"
 
+Secured listeners are optional extras next to the PLAINTEXT one, for testing the
+client's TLS and SASL settings against a real broker:
+
+    with LocalKafka(listeners=SECURE_LISTENERS) as kafka:
+        kafka.bootstrap_servers_for("SASL_SSL")  # SCRAM-SHA-512/256 or PLAIN over TLS
+        kafka.sasl_username, kafka.sasl_password, kafka.ca_file
+        kafka.client_env("SSL", client_certificate=True)  # PASSPOST_KAFKA_* variables
+
+SASL users are written into the storage when it is formatted (SCRAM) and into the
+listener's JAAS config (PLAIN); the TLS certificates come from a throwaway CA that
+``openssl`` makes in the broker's folder. The broker talks to itself over PLAINTEXT.
+
 ``python -m passpost.localkafka fetch`` prefetches the jars; ``... run`` starts a broker
 and keeps it up until Ctrl-C.
 
@@ -34,7 +46,7 @@ import tempfile
 import time
 import uuid
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
@@ -50,6 +62,12 @@ _COMPLETE_MARKER = "libs.complete"
 # Formatted once per Kafka version, then copied for every new broker (see _prepare_storage).
 _STORAGE_TEMPLATE = "formatted-storage"
 _NODE_ID = 1
+
+# The listeners LocalKafka can add next to PLAINTEXT, by their security protocol.
+SECURE_LISTENERS = ("SASL_PLAINTEXT", "SSL", "SASL_SSL")
+SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+SSL_CLIENT_AUTH = ("none", "requested", "required")
+_CERT_DAYS = 30
 
 
 class LocalKafkaError(RuntimeError):
@@ -296,6 +314,91 @@ def _class_archive(libs: Path, java: str) -> Path:
     return libs.parent / f"classes-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsa"
 
 
+class Certificates(NamedTuple):
+    """PEM files of a throwaway CA, a server certificate for 127.0.0.1 and localhost
+    signed by it, and a client certificate (CN ``passpost``) for mutual TLS."""
+
+    ca_file: Path
+    ca_key_file: Path
+    server_cert_file: Path
+    server_key_file: Path
+    client_cert_file: Path
+    client_key_file: Path
+
+
+_OPENSSL_CONFIG = """\
+[req]
+distinguished_name = subject
+prompt = no
+[subject]
+CN = passpost local test CA
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1, DNS:localhost
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+[client]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+"""
+
+
+def make_certificates(folder: Path) -> Certificates:
+    """Make a new CA and the certificates it signs in ``folder`` (with ``openssl``).
+
+    EC P-256 keys, unencrypted PKCS#8: quick to make, and read by Kafka's PEM key store
+    and by Python's ``ssl`` alike. Each call makes a different CA, so a second call in
+    another folder gives a CA the broker's certificate does not chain to.
+    """
+    openssl = _require_executable("openssl", "openssl is needed to make the test certificates")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "openssl.cnf"
+    config.write_text(_OPENSSL_CONFIG, encoding="utf-8")
+    files = Certificates(*(folder / name for name in (
+        "ca.pem", "ca.key", "server.pem", "server.key", "client.pem", "client.key")))
+
+    def run(*args: str) -> None:
+        result = subprocess.run([openssl, *args], check=False, cwd=folder, stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            detail = (result.stderr.strip().splitlines() or ["no output"])[0]
+            raise LocalKafkaError(f"openssl {args[0]} failed (exit {result.returncode}): {detail}")
+
+    for key in (files.ca_key_file, files.server_key_file, files.client_key_file):
+        run("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(key))
+    run("req", "-new", "-x509", "-config", str(config), "-extensions", "ca", "-key", str(files.ca_key_file),
+        "-sha256", "-days", str(_CERT_DAYS), "-set_serial", _serial(), "-out", str(files.ca_file))
+    for name, cert, key in (("server", files.server_cert_file, files.server_key_file),
+                            ("client", files.client_cert_file, files.client_key_file)):
+        request = folder / f"{name}.csr"
+        subject = "/CN=localhost" if name == "server" else "/CN=passpost"
+        run("req", "-new", "-config", str(config), "-key", str(key), "-subj", subject, "-out", str(request))
+        run("x509", "-req", "-in", str(request), "-CA", str(files.ca_file), "-CAkey", str(files.ca_key_file),
+            "-set_serial", _serial(), "-sha256", "-days", str(_CERT_DAYS),
+            "-extfile", str(config), "-extensions", name, "-out", str(cert))
+        request.unlink()
+    return files
+
+
+def _serial() -> str:
+    return "0x" + uuid.uuid4().hex[:16]
+
+
+def _pem_property(path: Path) -> str:
+    # A Java properties value on one line: Properties.load reads "\n" as a newline.
+    return "\\n".join(path.read_text(encoding="ascii").strip().splitlines())
+
+
 class _Process:
     """The running JVM, kept apart from ``LocalKafka`` so that a finalizer can end it
     (and remove the temp dir) without holding a reference to the ``LocalKafka``."""
@@ -348,6 +451,12 @@ class LocalKafka:
     Ports and data survive ``stop()``/``kill()``: calling ``start()`` again brings the same
     broker back at the same address with its topics and records, which is what fault
     tests need. ``close()`` stops it and deletes the directory if this object made it.
+
+    ``listeners`` adds secured listeners (any of ``SECURE_LISTENERS``), each on its own
+    port: SASL ones accept ``sasl_username``/``sasl_password`` with SCRAM-SHA-512,
+    SCRAM-SHA-256 or PLAIN; TLS ones present a certificate from a CA made at the first
+    start (``ca_file``). ``ssl_client_auth`` is the SSL listener's ``ssl.client.auth``:
+    with "requested" (the default) a client may present ``client_cert_file``.
     """
 
     def __init__(
@@ -359,7 +468,26 @@ class LocalKafka:
         log_level: str = "WARN",
         cache_dir: Path | None = None,
         class_archive: bool = True,
+        listeners: Iterable[str] = (),
+        sasl_username: str = "passpost",
+        sasl_password: str = "passpost-secret",
+        ssl_client_auth: str = "requested",
     ) -> None:
+        requested = set(listeners)
+        self.listeners = tuple(name for name in SECURE_LISTENERS if name in requested)
+        unknown = requested - set(SECURE_LISTENERS)
+        if unknown:
+            raise ValueError(f"unknown listeners {sorted(unknown)}; choose from {SECURE_LISTENERS}")
+        if ssl_client_auth not in SSL_CLIENT_AUTH:
+            raise ValueError(f"ssl_client_auth must be one of {SSL_CLIENT_AUTH}, not {ssl_client_auth!r}")
+        # They go into a JAAS config and a StorageTool argument unquoted.
+        for name, value in (("sasl_username", sasl_username), ("sasl_password", sasl_password)):
+            if not re.fullmatch(r"[A-Za-z0-9._-]+", value):
+                raise ValueError(f"{name} may hold only letters, digits, '.', '_' and '-'")
+        self.sasl_username = sasl_username
+        self.sasl_password = sasl_password
+        self.ssl_client_auth = ssl_client_auth
+        self._listener_ports: dict[str, int] = {}
         self._owns_dir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="passpost-kafka-")) if workdir is None else Path(workdir)
         self.heap = heap
@@ -383,6 +511,58 @@ class LocalKafka:
     def port(self) -> int | None:
         return self._port
 
+    def bootstrap_servers_for(self, protocol: str) -> str:
+        """The address of the listener for ``protocol`` ("PLAINTEXT" or one of ``listeners``)."""
+        if protocol == "PLAINTEXT":
+            return self.bootstrap_servers
+        if protocol not in self.listeners:
+            raise LocalKafkaError(f"this broker has no {protocol} listener (it has {self.listeners or 'none'})")
+        if protocol not in self._listener_ports:
+            raise LocalKafkaError("the broker has no address until start() has been called")
+        return f"127.0.0.1:{self._listener_ports[protocol]}"
+
+    @property
+    def certificates(self) -> Certificates:
+        """The throwaway CA and the certificates it signed (made at the first start)."""
+        if not any(name.endswith("SSL") for name in self.listeners):
+            raise LocalKafkaError("this broker has no SSL or SASL_SSL listener, hence no certificates")
+        folder = self.workdir / "tls"
+        return Certificates(*(folder / name for name in (
+            "ca.pem", "ca.key", "server.pem", "server.key", "client.pem", "client.key")))
+
+    @property
+    def ca_file(self) -> Path:
+        return self.certificates.ca_file
+
+    @property
+    def client_cert_file(self) -> Path:
+        return self.certificates.client_cert_file
+
+    @property
+    def client_key_file(self) -> Path:
+        return self.certificates.client_key_file
+
+    def client_env(
+        self, protocol: str = "PLAINTEXT", *, mechanism: str = "SCRAM-SHA-512", client_certificate: bool = False
+    ) -> dict[str, str]:
+        """``PASSPOST_KAFKA_*`` variables that connect passpost to the ``protocol`` listener."""
+        env = {
+            "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers_for(protocol),
+            "PASSPOST_KAFKA_SECURITY_PROTOCOL": protocol,
+        }
+        if protocol.startswith("SASL_"):
+            if mechanism not in SASL_MECHANISMS:
+                raise ValueError(f"mechanism must be one of {SASL_MECHANISMS}, not {mechanism!r}")
+            env.update({"PASSPOST_KAFKA_SASL_MECHANISM": mechanism,
+                        "PASSPOST_KAFKA_SASL_USERNAME": self.sasl_username,
+                        "PASSPOST_KAFKA_SASL_PASSWORD": self.sasl_password})
+        if protocol.endswith("SSL"):
+            env["PASSPOST_KAFKA_SSL_CA_FILE"] = str(self.ca_file)
+            if client_certificate:
+                env["PASSPOST_KAFKA_SSL_CERT_FILE"] = str(self.client_cert_file)
+                env["PASSPOST_KAFKA_SSL_KEY_FILE"] = str(self.client_key_file)
+        return env
+
     @property
     def log_path(self) -> Path:
         """The broker's log (WARN and above by default, plus the JVM's own output)."""
@@ -405,7 +585,16 @@ class LocalKafka:
         self._port = self._port or _free_port()
         while self._controller_port in (None, self._port):
             self._controller_port = _free_port()
+        taken = {self._port, self._controller_port}
+        for name in self.listeners:
+            port = self._listener_ports.get(name)
+            while port is None or port in taken:
+                port = _free_port()
+            self._listener_ports[name] = port
+            taken.add(port)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if any(name.endswith("SSL") for name in self.listeners) and not self.ca_file.exists():
+            make_certificates(self.workdir / "tls")
         config = self._write_config()
         tool_sharing, broker_sharing = self._class_sharing(libs, java)
         if not (self.workdir / "data" / "meta.properties").exists():
@@ -483,13 +672,16 @@ class LocalKafka:
 
     def _write_config(self) -> Path:
         data = self.workdir / "data"
-        properties = {
+        secured = [f"{name}://127.0.0.1:{self._listener_ports[name]}" for name in self.listeners]
+        properties: dict[str, object] = {
             "process.roles": "broker,controller",
             "node.id": _NODE_ID,
             "controller.quorum.voters": f"{_NODE_ID}@127.0.0.1:{self._controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self._port},CONTROLLER://127.0.0.1:{self._controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self._port}",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listeners": ",".join([f"PLAINTEXT://127.0.0.1:{self._port}",
+                                   f"CONTROLLER://127.0.0.1:{self._controller_port}", *secured]),
+            "advertised.listeners": ",".join([f"PLAINTEXT://127.0.0.1:{self._port}", *secured]),
+            "listener.security.protocol.map": ",".join(
+                ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT", *(f"{name}:{name}" for name in self.listeners)]),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "log.dirs": data,
@@ -525,11 +717,56 @@ class LocalKafka:
             "log.segment.bytes": 64 * 1024 * 1024,
             "log.index.size.max.bytes": 1024 * 1024,
             "metadata.log.segment.bytes": 8 * 1024 * 1024,
+            **self._security_properties(),
         }
         path = self.workdir / "server.properties"
         path.write_text("".join(f"{key}={value}\n" for key, value in properties.items()), encoding="utf-8")
         (self.workdir / "log4j2.properties").write_text(self._log4j2_properties(), encoding="utf-8")
         return path
+
+    def _security_properties(self) -> dict[str, object]:
+        properties: dict[str, object] = {}
+        for name in self.listeners:
+            prefix = f"listener.name.{name.lower()}."
+            if name.startswith("SASL_"):
+                properties[prefix + "sasl.enabled.mechanisms"] = ",".join(SASL_MECHANISMS)
+                for mechanism in ("scram-sha-512", "scram-sha-256"):
+                    # The users themselves are in the metadata, written at format time.
+                    properties[prefix + f"{mechanism}.sasl.jaas.config"] = (
+                        "org.apache.kafka.common.security.scram.ScramLoginModule required;")
+                properties[prefix + "plain.sasl.jaas.config"] = (
+                    "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                    f'user_{self.sasl_username}="{self.sasl_password}";')
+            if name == "SSL":
+                properties[prefix + "ssl.client.auth"] = self.ssl_client_auth
+        if any(name.endswith("SSL") for name in self.listeners):
+            certificates = self.certificates
+            # PEM given inline: no key store files, no store or key passwords.
+            properties.update({
+                "ssl.keystore.type": "PEM",
+                "ssl.keystore.certificate.chain": "\\n".join(
+                    _pem_property(path) for path in (certificates.server_cert_file, certificates.ca_file)),
+                "ssl.keystore.key": _pem_property(certificates.server_key_file),
+                "ssl.truststore.type": "PEM",
+                "ssl.truststore.certificates": _pem_property(certificates.ca_file),
+            })
+        return properties
+
+    def _scram_arguments(self) -> list[str]:
+        if not any(name.startswith("SASL_") for name in self.listeners):
+            return []
+        return [argument for mechanism in SASL_MECHANISMS if mechanism.startswith("SCRAM")
+                for argument in ("--add-scram",
+                                 f"{mechanism}=[name={self.sasl_username},password={self.sasl_password}]")]
+
+    def _storage_template(self, libs: Path) -> Path:
+        scram = self._scram_arguments()
+        if not scram:
+            return libs.parent / _STORAGE_TEMPLATE
+        # A template formatted with SCRAM users holds them (salted) in its bootstrap
+        # checkpoint; it serves later brokers with the same users only.
+        key = hashlib.sha256("\0".join(scram).encode()).hexdigest()[:16]
+        return libs.parent / f"{_STORAGE_TEMPLATE}-scram-{key}"
 
     def _log4j2_properties(self) -> str:
         # Everything goes to the JVM's stdout, which start() sends to log_path, so that
@@ -572,7 +809,7 @@ class LocalKafka:
         self, java: str, libs: Path, sharing: list[str], config: Path, deadline: float
     ) -> None:
         data = self.workdir / "data"
-        template = libs.parent / _STORAGE_TEMPLATE
+        template = self._storage_template(libs)
         if template.is_dir():
             _copy_formatted_storage(template, data)
             return
@@ -591,6 +828,7 @@ class LocalKafka:
         command = self._java_command(
             java, libs, sharing, "kafka.tools.StorageTool",
             "format", "--cluster-id", _kafka_uuid(), "--config", str(config), "--ignore-formatted",
+            *self._scram_arguments(),
         )
         self._note("formatting the KRaft storage")
         with open(self.log_path, "ab") as log:
@@ -653,11 +891,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = commands.add_parser("run", help="start a broker and keep it up until Ctrl-C")
     run.add_argument("--port", type=int, default=None, help="PLAINTEXT port (default: a free one)")
     run.add_argument("--workdir", type=Path, default=None, help="keep data here (default: temp dir)")
+    run.add_argument("--secure", action="store_true",
+                     help="add SASL_PLAINTEXT, SSL and SASL_SSL listeners and print how to reach them")
     options = parser.parse_args(argv)
     try:
         if options.command == "fetch":
             return _fetch(verbose=options.verbose, jars_only=options.jars_only)
-        return _run(options.port, options.workdir)
+        return _run(options.port, options.workdir, secure=options.secure)
     except LocalKafkaError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -682,15 +922,19 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _run(port: int | None, workdir: Path | None) -> int:
+def _run(port: int | None, workdir: Path | None, *, secure: bool = False) -> int:
     # SIGTERM should clean up like Ctrl-C does rather than orphan the JVM.
     signal.signal(signal.SIGTERM, _interrupt)
-    kafka = LocalKafka(workdir, port=port)
+    kafka = LocalKafka(workdir, port=port, listeners=SECURE_LISTENERS if secure else ())
     try:
         started = time.monotonic()
         kafka.start()
         print(f"Kafka {KAFKA_VERSION} serving at {kafka.bootstrap_servers} "
               f"(started in {time.monotonic() - started:.1f} s; log {kafka.log_path})", flush=True)
+        for name in kafka.listeners:
+            variables = kafka.client_env(name, client_certificate=name == "SSL")
+            print(f"{name} at {kafka.bootstrap_servers_for(name)}:", " ".join(
+                f"{key}={value}" for key, value in variables.items()), flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         while kafka.running:
             time.sleep(0.5)
