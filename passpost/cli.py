@@ -103,6 +103,59 @@ def dlq_replay(from_beginning: bool, dry_run: bool) -> None:
     click.echo(("dry run: " if dry_run else "") + report.summary())
 
 
+class Unavailable(click.ClickException):
+    """A store or service the command needs is not there: one line, status 1."""
+
+    exit_code = 1
+
+
+@cli.command()
+@click.argument("name")
+def consume(name: str) -> None:
+    """Run the consumer NAME (registered under the `passpost.consumers` entry points) in its own group."""
+    settings = _settings()
+    from passpost.consumers.runtime import Runner, UnknownConsumer, load_consumer
+
+    try:
+        consumer_class = load_consumer(name)
+    except UnknownConsumer as error:
+        raise UsageProblem(str(error)) from None
+    asyncio.run(_unless_unavailable(Runner(consumer_class(settings), settings).run()))
+
+
+@cli.command()
+@click.argument("name", type=click.Choice(["analytics"]))
+def rebuild(name: str) -> None:
+    """Empty the analytics store and replay the events topic from the start into it."""
+    settings = _settings()
+    from passpost.consumers.analytics.rebuild import rebuild as run_rebuild
+
+    total = asyncio.run(_unless_unavailable(run_rebuild(settings)))
+    click.echo(f"{name}: rebuilt from {total} records")
+
+
+@cli.command()
+def report() -> None:
+    """Summarise what the analytics store holds: totals, the last 24 hours, the latest failures."""
+    settings = _settings()
+    from passpost.consumers.analytics.report import print_report
+    from passpost.consumers.analytics.store import StoreUnavailable
+
+    try:
+        print_report(settings)
+    except StoreUnavailable as error:
+        raise Unavailable(str(error)) from None
+
+
+async def _unless_unavailable(work: Any) -> Any:
+    from passpost.consumers.analytics.store import StoreUnavailable
+
+    try:
+        return await work
+    except StoreUnavailable as error:
+        raise Unavailable(str(error)) from None
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     sys.exit(_run(cli.main, argv))
 

@@ -127,6 +127,13 @@ def _readable_file(raw: str) -> str:
     return path
 
 
+def _analytics_dsn(raw: str) -> str:
+    value = _string(raw)
+    if not value.startswith(("duckdb:///", "postgresql://", "postgres://")):
+        raise ValueError(f"{value.split('://')[0]!r} is not a supported store (use duckdb:///path or postgresql://...)")
+    return value
+
+
 def _topic(raw: str) -> str:
     value = _string(raw)
     if not re.match(r"^[A-Za-z0-9._\-]{1,249}$", value) or value in {".", ".."}:
@@ -194,6 +201,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("retry_after_seconds", _positive_int, 30, "The `Retry-After` value sent with a 503."),
     Setting("shutdown_timeout_seconds", _seconds, 20.0,
             "On SIGTERM, how long in-flight requests get to finish before the producer flushes."),
+    Setting("consumer_group", _string, None, "Consumer group of `passpost consume NAME`; `passpost-NAME` when unset."),
+    Setting("consumer_port", _port, 9100, "Port of a consumer's `/healthz`, `/readyz` and `/metrics`."),
+    Setting("consumer_batch_size", _positive_int, 5000, "Most events a consumer hands its sink in one batch."),
+    Setting("consumer_batch_max_bytes", _positive_int, 8 * 1024 * 1024,
+            "Most bytes fetched for one batch (bounds a consumer's memory whatever the backlog)."),
+    Setting("consumer_retry_max_seconds", _seconds, 30.0,
+            "Longest wait between retries of a batch the sink refused (the wait doubles from 0.1 s up to this)."),
+    Setting("analytics_dsn", _analytics_dsn, "duckdb:///data/analytics.duckdb",
+            "Analytics store: `duckdb:///path` (relative to the working directory) or `postgresql://...`."),
+    Setting("analytics_reference_value", _choice("hash", "keep", "drop"), "hash",
+            "`reference_value` (an email or phone) in the analytics store: keyed `hash` (HMAC-SHA256), `keep` "
+            "as sent, or `drop`."),
+    Setting("analytics_hash_key", _string, None,
+            "Key of the `hash` mode; when unset the store generates one once and keeps it in its `passpost_meta` "
+            "table.", secret=True),
     Setting("log_format", _choice("text", "json"), "text", "`text` for people, `json` for one JSON object per line."),
     Setting("log_level", _choice("debug", "info", "warning", "error"), "info", "Lowest level logged."),
 )
@@ -224,6 +246,14 @@ class Settings:
     produce_timeout_seconds: float
     retry_after_seconds: int
     shutdown_timeout_seconds: float
+    consumer_group: str | None
+    consumer_port: int
+    consumer_batch_size: int
+    consumer_batch_max_bytes: int
+    consumer_retry_max_seconds: float
+    analytics_dsn: str
+    analytics_reference_value: str
+    analytics_hash_key: str | None = dataclasses.field(repr=False)
     log_format: str
     log_level: str
 

@@ -1,0 +1,88 @@
+"""``passpost consume analytics``: every event once in DuckDB or PostgreSQL (see ``store.py``).
+
+Exactly once: the rows of a batch and the offsets after it are written in one
+transaction (``stores_offsets``), and the runtime resumes from the stored offsets; a
+postback delivered twice (same ``event_id``, another offset) is kept once by
+``ON CONFLICT (event_id) DO NOTHING``.
+
+``reference_value`` is personal data (an email address or phone number). The default
+``hash`` keeps it countable and joinable (same person, same value) without storing it:
+HMAC-SHA256 keyed with ``PASSPOST_ANALYTICS_HASH_KEY`` or, when unset, a random key the
+store generates once and keeps, so a leaked table cannot be reversed by hashing a phone
+book. ``keep`` stores it as sent, ``drop`` stores null.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from passpost.consumers.analytics.store import Store, extra_json, open_store
+from passpost.consumers.runtime import Batch, Consumer
+from passpost.schemas.event import PassPostback
+from passpost.settings import Settings
+
+__all__ = ["AnalyticsConsumer"]
+
+
+class AnalyticsConsumer(Consumer):
+    name = "analytics"
+    stores_offsets = True
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.store: Store | None = None
+        self._key: bytes = b""
+
+    async def start(self) -> None:
+        # The stores' drivers block; one worker thread keeps the event loop (and the
+        # group's heartbeats) running while a batch is written.
+        self.store = await asyncio.to_thread(open_store, self.settings.analytics_dsn)
+        await asyncio.to_thread(self.store.ensure_schema)
+        if self.settings.analytics_reference_value == "hash":
+            self._key = await asyncio.to_thread(self.store.hash_key, self.settings.analytics_hash_key)
+
+    async def load_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        assert self.store is not None
+        stored: dict[TopicPartition, int] = {}
+        for topic in {tp.topic for tp in partitions}:
+            by_partition = await self._with_store(self.store.load_offsets, topic)
+            stored.update({tp: by_partition[tp.partition] for tp in partitions
+                           if tp.topic == topic and tp.partition in by_partition})
+        return stored
+
+    async def write(self, batch: Batch) -> None:
+        assert self.store is not None
+        rows: dict[str, tuple[Any, ...]] = {}
+        for item in batch:
+            # The first delivery of an event_id in the batch wins, as the first in the table does.
+            if item.event.event_id not in rows:
+                rows[item.event.event_id] = self.row(item.event, item.topic, item.partition, item.offset)
+        offsets = {(tp.topic, tp.partition): offset for tp, offset in batch.next_offsets.items()}
+        await self._with_store(self.store.write, list(rows.values()), offsets)
+
+    async def _with_store(self, call: Any, *args: Any) -> Any:
+        return await asyncio.to_thread(call, *args)
+
+    def reference(self, value: str | None) -> str | None:
+        mode = self.settings.analytics_reference_value
+        if value is None or mode == "keep":
+            return value
+        if mode == "drop":
+            return None
+        return "hmac-sha256:" + hmac.new(self._key, value.encode(), hashlib.sha256).hexdigest()
+
+    def row(self, event: PassPostback, topic: str, partition: int, offset: int) -> tuple[Any, ...]:
+        return (event.event_id, event.origin, event.status_code, event.outcome.value, event.code,
+                event.referenced_by, self.reference(event.reference_value), event.custom_pass_id,
+                event.pass_data_id, event.serial_number, event.generated_at, event.timestamp_raw,
+                event.received_at, extra_json(event.extra), topic, partition, offset)
+
+    async def close(self) -> None:
+        if self.store is not None:
+            await asyncio.to_thread(self.store.close)

@@ -1,0 +1,245 @@
+"""The analytics store: DuckDB or PostgreSQL, same tables, rows and offsets in one transaction.
+
+Schema (both stores):
+- ``pass_postbacks``: one row per ``event_id`` (primary key), every event field plus
+  ``kafka_topic``, ``kafka_partition`` and ``kafka_offset`` of its first delivery
+  (``offset`` and ``partition`` are SQL keywords); ``extra`` as JSON; timestamps in UTC.
+  Indexes on ``serial_number``, ``custom_pass_id`` and ``(outcome, received_at)``.
+- ``pass_postbacks_hourly(hour, origin, status_code, outcome, postbacks)``: hour of
+  ``generated_at`` (when the vendor made the pass), falling back to ``received_at`` when
+  the TIMESTAMP had no offset and ``generated_at`` is null.
+- ``passpost_offsets(kafka_topic, kafka_partition, next_offset)``: what the store has consumed.
+- ``passpost_meta(name, value)``: the generated hash key (kept across `passpost rebuild`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+COLUMNS = ("event_id", "origin", "status_code", "outcome", "code", "referenced_by", "reference_value",
+           "custom_pass_id", "pass_data_id", "serial_number", "generated_at", "timestamp_raw", "received_at",
+           "extra", "kafka_topic", "kafka_partition", "kafka_offset")
+
+_TABLE = """
+CREATE TABLE IF NOT EXISTS pass_postbacks (
+    event_id TEXT PRIMARY KEY, origin TEXT NOT NULL, status_code TEXT NOT NULL, outcome TEXT NOT NULL,
+    code TEXT, referenced_by TEXT, reference_value TEXT, custom_pass_id TEXT, pass_data_id TEXT,
+    serial_number TEXT, generated_at {ts}, timestamp_raw TEXT, received_at {ts} NOT NULL, extra {json},
+    kafka_topic TEXT NOT NULL, kafka_partition INTEGER NOT NULL, kafka_offset BIGINT NOT NULL)
+"""
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS passpost_offsets (kafka_topic TEXT NOT NULL, kafka_partition INTEGER NOT NULL, "
+    "next_offset BIGINT NOT NULL, PRIMARY KEY (kafka_topic, kafka_partition))",
+    "CREATE TABLE IF NOT EXISTS passpost_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS pass_postbacks_serial_number ON pass_postbacks (serial_number)",
+    "CREATE INDEX IF NOT EXISTS pass_postbacks_custom_pass_id ON pass_postbacks (custom_pass_id)",
+    "CREATE INDEX IF NOT EXISTS pass_postbacks_outcome_received_at ON pass_postbacks (outcome, received_at)",
+    "CREATE OR REPLACE VIEW pass_postbacks_hourly AS SELECT date_trunc('hour', coalesce(generated_at, received_at)) "
+    "AS hour, origin, status_code, outcome, count(*) AS postbacks FROM pass_postbacks GROUP BY 1, 2, 3, 4",
+]
+_UPSERT_OFFSET = ("INSERT INTO passpost_offsets VALUES ({p}, {p}, {p}) ON CONFLICT (kafka_topic, kafka_partition) "
+                  "DO UPDATE SET next_offset = excluded.next_offset")
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or refused the write. The message is one line."""
+
+
+@dataclass(frozen=True)
+class Summary:
+    total: int
+    by_outcome: list[tuple[str, int]]
+    by_status_code: list[tuple[str, str, int]]
+    last_24h: list[tuple[datetime, int, int]]  # hour, postbacks, failures
+    latest_failures: list[tuple[datetime, str, str, str | None, str | None]]
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(timezone.utc)
+
+
+class Store:
+    """SQL both stores share; subclasses connect and move the rows."""
+
+    param = "?"
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def schema_statements(self) -> list[str]:
+        raise NotImplementedError
+
+    def ensure_schema(self) -> None:
+        for statement in self.schema_statements():
+            self._execute(statement)
+
+    def hash_key(self, configured: str | None) -> bytes:
+        """The configured key, else one this store generated once and keeps."""
+        if configured:
+            return configured.encode()
+        rows = self._execute("SELECT value FROM passpost_meta WHERE name = 'hash_key'")
+        if not rows:
+            self._execute(f"INSERT INTO passpost_meta VALUES ('hash_key', {self.param}) ON CONFLICT DO NOTHING",
+                          [secrets.token_hex(32)])
+            rows = self._execute("SELECT value FROM passpost_meta WHERE name = 'hash_key'")
+        return str(rows[0][0]).encode()
+
+    def load_offsets(self, topic: str) -> dict[int, int]:
+        rows = self._execute(f"SELECT kafka_partition, next_offset FROM passpost_offsets WHERE kafka_topic = "
+                             f"{self.param}", [topic])
+        return {int(partition): int(offset) for partition, offset in rows}
+
+    def count(self) -> int:
+        return int(self._execute("SELECT count(*) FROM pass_postbacks")[0][0])
+
+    def truncate(self) -> None:
+        raise NotImplementedError
+
+    def write(self, rows: list[tuple[Any, ...]], offsets: dict[tuple[str, int], int]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def summary(self, now: datetime) -> Summary:
+        p = self.param
+        since = self._since(now)
+        return Summary(
+            total=self.count(),
+            by_outcome=[(str(o), int(n)) for o, n in self._execute(
+                "SELECT outcome, count(*) FROM pass_postbacks GROUP BY 1 ORDER BY 2 DESC")],
+            by_status_code=[(str(s), str(o), int(n)) for s, o, n in self._execute(
+                "SELECT status_code, outcome, count(*) FROM pass_postbacks GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 20")],
+            last_24h=[(_utc(h), int(n), int(f)) for h, n, f in self._execute(  # type: ignore[misc]
+                f"SELECT hour, sum(postbacks), sum(CASE WHEN outcome = 'FAILURE' THEN postbacks ELSE 0 END) "
+                f"FROM pass_postbacks_hourly WHERE hour >= {p} GROUP BY 1 ORDER BY 1", [since])],
+            latest_failures=[(_utc(r), str(s), str(o), serial, custom) for r, s, o, serial, custom in self._execute(
+                "SELECT received_at, status_code, origin, serial_number, custom_pass_id FROM pass_postbacks "
+                "WHERE outcome = 'FAILURE' ORDER BY received_at DESC LIMIT 10")],  # type: ignore[misc]
+        )
+
+    def _since(self, now: datetime) -> Any:
+        from datetime import timedelta
+
+        return now.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=23)
+
+
+class DuckDBStore(Store):
+    """One writer process per file (DuckDB's own lock); timestamps are naive UTC ``TIMESTAMP``."""
+
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
+        import duckdb
+
+        self._duckdb = duckdb
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        try:
+            self.connection = duckdb.connect(path, read_only=read_only)
+        except duckdb.Error as error:
+            raise StoreUnavailable(f"cannot open DuckDB file {path}: {error}".splitlines()[0]) from None
+        self.connection.execute("SET TimeZone = 'UTC'")
+
+    def schema_statements(self) -> list[str]:
+        return [_TABLE.format(ts="TIMESTAMP", json="JSON"), *_SCHEMA]
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        result = self.connection.execute(sql, list(params))
+        return result.fetchall() if result.description else []
+
+    def _since(self, now: datetime) -> Any:
+        return super()._since(now).replace(tzinfo=None)
+
+    def write(self, rows: list[tuple[Any, ...]], offsets: dict[tuple[str, int], int]) -> None:
+        con = self.connection
+        con.execute("BEGIN")
+        try:
+            if rows:
+                # Column lists unnested side by side: one statement per batch, no row-by-row executemany.
+                columns = [list(column) for column in zip(*rows)]
+                for index in (COLUMNS.index("generated_at"), COLUMNS.index("received_at")):
+                    columns[index] = [None if v is None else v.replace(tzinfo=None) for v in columns[index]]
+                select = ", ".join(f"unnest(${n + 1}) AS {name}" for n, name in enumerate(COLUMNS))
+                con.execute(f"INSERT INTO pass_postbacks SELECT {', '.join(COLUMNS[:13])}, extra::JSON, "
+                            f"{', '.join(COLUMNS[14:])} FROM (SELECT {select}) ON CONFLICT (event_id) DO NOTHING",
+                            columns)
+            for (topic, partition), offset in offsets.items():
+                con.execute(_UPSERT_OFFSET.format(p="?"), [topic, partition, offset])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def truncate(self) -> None:
+        self.connection.execute("BEGIN")
+        self.connection.execute("DELETE FROM pass_postbacks")
+        self.connection.execute("DELETE FROM passpost_offsets")
+        self.connection.execute("COMMIT")
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class PostgresStore(Store):
+    """psycopg 3: COPY into a temporary table, then one INSERT ... ON CONFLICT per batch."""
+
+    param = "%s"
+
+    def __init__(self, dsn: str) -> None:
+        import psycopg
+
+        self._psycopg = psycopg
+        self._dsn = dsn
+        self.connection = self._connect()
+
+    def _connect(self) -> Any:
+        try:
+            connection = self._psycopg.connect(self._dsn, connect_timeout=10, autocommit=True)
+        except self._psycopg.Error as error:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {str(error).strip().splitlines()[0]}") from None
+        return connection
+
+    def schema_statements(self) -> list[str]:
+        return [_TABLE.format(ts="TIMESTAMPTZ", json="JSONB"), *_SCHEMA]
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self.connection.cursor() as cursor:
+            cursor.execute(sql, list(params) or None)
+            return cursor.fetchall() if cursor.description else []
+
+    def write(self, rows: list[tuple[Any, ...]], offsets: dict[tuple[str, int], int]) -> None:
+        # A server restart breaks the connection; the runtime retries the batch, and this
+        # reconnects (or raises StoreUnavailable, which is retried too).
+        if self.connection.closed or self.connection.broken:
+            self.connection = self._connect()
+        with self.connection.transaction(), self.connection.cursor() as cursor:
+            if rows:
+                cursor.execute("CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE pass_postbacks) ON COMMIT DELETE ROWS")
+                with cursor.copy(f"COPY incoming ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                cursor.execute("INSERT INTO pass_postbacks SELECT * FROM incoming ON CONFLICT (event_id) DO NOTHING")
+            for (topic, partition), offset in offsets.items():
+                cursor.execute(_UPSERT_OFFSET.format(p="%s"), [topic, partition, offset])
+
+    def truncate(self) -> None:
+        with self.connection.transaction():
+            self._execute("TRUNCATE pass_postbacks, passpost_offsets")
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def open_store(dsn: str, *, read_only: bool = False) -> Store:
+    if dsn.startswith("duckdb:///"):
+        return DuckDBStore(dsn.removeprefix("duckdb:///"), read_only=read_only)
+    return PostgresStore(dsn)
+
+
+def extra_json(extra: dict[str, str]) -> str:
+    return json.dumps(extra, ensure_ascii=False, sort_keys=True)

@@ -1,0 +1,82 @@
+"""What a consumer is: a class that takes a batch of decoded events and writes it to its sink.
+
+The contract, which is all a consumer author needs to know:
+
+- ``write(batch)`` is called with events in offset order per partition. When it returns,
+  the batch must be durable in the sink: the runtime then commits the batch's offsets.
+  If it raises, nothing is committed and the same batch is offered again after a capped
+  exponential backoff, until it succeeds, the process is stopped, or the partitions are
+  revoked (then another member gets the records again). So ``write`` must be idempotent:
+  a batch may be written more than once (de-duplicate on ``event_id``).
+- ``validate(event)`` (optional) returns a reason to refuse an event; the runtime sends it
+  to the consumer's dead-letter topic, confirmed, before ``write`` sees the rest.
+- Sinks that can store offsets with their rows (a database) set ``stores_offsets = True``,
+  write ``batch.next_offsets`` in the same transaction as the rows, and implement
+  ``load_offsets``: on every assignment the runtime seeks to what the sink stored (a
+  partition the sink has never seen starts at the beginning). That is exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from aiokafka import TopicPartition
+
+from passpost.schemas.event import PassPostback
+from passpost.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One decoded event and where it came from."""
+
+    event: PassPostback
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass
+class Batch:
+    items: Sequence[Item]
+    # Next offset to read per partition once this batch is written: it covers records that
+    # went to the dead-letter topic too, so a sink that stores offsets skips them for good.
+    next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[Item]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def events(self) -> list[PassPostback]:
+        return [item.event for item in self.items]
+
+
+class Consumer:
+    """Base class of consumers. Subclass, set ``name``, implement ``write``."""
+
+    name: str = ""
+    stores_offsets: bool = False
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def start(self) -> None:
+        """Open connections. Called once before the first batch."""
+
+    async def write(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+    def validate(self, event: PassPostback) -> str | None:
+        """A reason to dead-letter ``event`` instead of writing it, or None."""
+        return None
+
+    async def load_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """For ``stores_offsets`` sinks: the next offset to read of each partition the sink knows."""
+        return {}
+
+    async def close(self) -> None:
+        """Release connections. Called once, after the last commit."""

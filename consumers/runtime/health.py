@@ -1,0 +1,68 @@
+"""A consumer's HTTP face: /healthz, /readyz and Prometheus /metrics on one small port.
+
+A plain asyncio server: the consumer is not a web app, and pulling Starlette and uvicorn
+into its loop for three GETs would cost more than these lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class ConsumerMetrics:
+    """The metric names the Grafana dashboard (deploy/grafana/passpost.json) reads."""
+
+    def __init__(self, consumer: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        labels = ["consumer"]
+        self.events = Counter("passpost_consumer_events", "Events written by the consumer's sink.", labels,
+                              registry=self.registry).labels(consumer)
+        self.batches = Counter("passpost_consumer_batches", "Batches written by the consumer's sink.", labels,
+                               registry=self.registry).labels(consumer)
+        self.batch_duration = Histogram(
+            "passpost_consumer_batch_duration_seconds", "Time from fetch to commit of one batch.", labels,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=self.registry,
+        ).labels(consumer)
+        self.lag = Gauge("passpost_consumer_lag", "Records on the partition not yet written by the consumer.",
+                         ["consumer", "topic", "partition"], registry=self.registry)
+        self.retries = Counter("passpost_consumer_retries", "Batches retried after the sink refused them.", labels,
+                               registry=self.registry).labels(consumer)
+        self._dead_letters = Counter("passpost_consumer_dead_letters", "Records sent to the consumer's dead-letter topic.",
+                                     ["consumer", "reason"], registry=self.registry)
+        self.consumer = consumer
+
+    def dead_letter(self, reason: str) -> None:
+        self._dead_letters.labels(self.consumer, reason).inc()
+
+
+async def serve_health(
+    host: str, port: int, metrics: ConsumerMetrics, ready: Callable[[], bool]
+) -> asyncio.Server:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            request = await asyncio.wait_for(reader.readline(), 5)
+            # Drain the headers; nothing in them matters here.
+            while (line := await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = request.decode("latin-1").split()
+            path = parts[1].split("?")[0] if len(parts) > 1 else ""
+            if path == "/metrics":
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(metrics.registry)
+            elif path == "/healthz":
+                status, ctype, body = "200 OK", "text/plain", b"ok\n"
+            elif path == "/readyz":
+                ok = ready()
+                status = "200 OK" if ok else "503 Service Unavailable"
+                ctype, body = "text/plain", b"ready\n" if ok else b"not ready\n"
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                         f"Connection: close\r\n\r\n".encode() + body)
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, host, port)

@@ -1,0 +1,279 @@
+"""The loop every consumer runs in: fetch, decode, dead-letter, write, commit.
+
+Offsets move only after the sink has the batch (``Consumer.write`` returned), or, for
+sinks that store offsets, inside the sink's own transaction. A sink error retries the
+same batch with capped exponential backoff and commits nothing. A rebalance waits for
+the in-flight batch to finish (or drops it, if the sink is failing: the records are then
+redelivered to whoever gets the partition). SIGTERM stops fetching, finishes the batch,
+commits and leaves the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from passpost.consumers.runtime.consumer import Batch, Consumer, Item
+from passpost.consumers.runtime.health import ConsumerMetrics, serve_health
+from passpost.kafka import KafkaUnavailable, client_options, create_topics, describe, start_client
+from passpost.schemas.codec import DecodeError, decode
+from passpost.settings import Settings
+
+log = logging.getLogger("passpost.consumer")
+
+ENTRY_POINT_GROUP = "passpost.consumers"
+FIRST_RETRY_SECONDS = 0.1
+
+
+class UnknownConsumer(LookupError):
+    """No consumer of that name is registered. ``str()`` is one line listing those that are."""
+
+
+def registered() -> dict[str, type[Consumer]]:
+    return {entry.name: entry for entry in entry_points(group=ENTRY_POINT_GROUP)}  # type: ignore[misc]
+
+
+def load_consumer(name: str) -> type[Consumer]:
+    entries = registered()
+    if name not in entries:
+        known = ", ".join(sorted(entries)) or "none"
+        raise UnknownConsumer(f"no consumer named {name!r} (registered: {known})")
+    return entries[name].load()  # type: ignore[attr-defined,no-any-return]
+
+
+def group_id(settings: Settings, name: str) -> str:
+    return settings.consumer_group or f"passpost-{name}"
+
+
+def dead_letter_topic(name: str) -> str:
+    return f"pass-postbacks.dlq.{name}.v1"
+
+
+class _Stopped(Exception):
+    """The batch was abandoned (stop or revocation while the sink kept failing)."""
+
+
+class Runner:
+    def __init__(self, consumer: Consumer, settings: Settings, *, health_port: int | None = None) -> None:
+        self.consumer = consumer
+        self.settings = settings
+        self.name = consumer.name
+        self.topic = settings.events_topic
+        self.dlq_topic = dead_letter_topic(self.name)
+        self.metrics = ConsumerMetrics(self.name)
+        self.health_port = settings.consumer_port if health_port is None else health_port
+        self.stopping = asyncio.Event()
+        # Held while a batch is between fetch and commit; a revocation waits for it.
+        self._in_flight = asyncio.Lock()
+        self._revoking = False
+        self._ready = False
+        self.written: dict[TopicPartition, int] = {}  # next offset per partition, for lag
+        self._kafka: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, *, until: Callable[[], bool] | None = None) -> None:
+        """Consume until SIGTERM/SIGINT, ``stop()``, or ``until()`` turns true after a batch."""
+        options = client_options(self.settings)
+        fetch_bytes = self.settings.consumer_batch_max_bytes
+        self._kafka = AIOKafkaConsumer(
+            **options, group_id=group_id(self.settings, self.name), enable_auto_commit=False,
+            auto_offset_reset="earliest", fetch_max_bytes=fetch_bytes, max_partition_fetch_bytes=fetch_bytes,
+            max_poll_records=self.settings.consumer_batch_size,
+        )
+        self._producer = AIOKafkaProducer(**options, acks="all", enable_idempotence=True)
+        server = await serve_health(self.settings.host, self.health_port, self.metrics,
+                                    lambda: self._ready and not self.stopping.is_set())
+        self.health_port = server.sockets[0].getsockname()[1]  # the real one when asked for port 0
+        loop = asyncio.get_running_loop()
+        handled: list[int] = []
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread: tests call stop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self.stop)
+                handled.append(signum)
+        try:
+            await self.consumer.start()
+            await start_client(self._producer, self.settings)
+            await self._ensure_dead_letter_topic()
+            await start_client(self._kafka, self.settings)
+            self._kafka.subscribe([self.topic], listener=_Listener(self))
+            self._ready = True
+            log.info("consumer %s started: group %s, topic %s", self.name, group_id(self.settings, self.name),
+                     self.topic)
+            await self._loop(until)
+        finally:
+            self._ready = False
+            for signum in handled:
+                loop.remove_signal_handler(signum)
+            # Leaving the group lets the others take the partitions at once, not after a timeout.
+            with contextlib.suppress(Exception):
+                await self._kafka.stop()
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
+            await self.consumer.close()
+            server.close()
+            log.info("consumer %s stopped", self.name)
+
+    async def _ensure_dead_letter_topic(self) -> None:
+        try:
+            await create_topics(self.settings, [self.dlq_topic])
+        except (KafkaUnavailable, KafkaError) as error:
+            # Where ACLs forbid creating topics, the platform creates it (deploy/k8s does).
+            log.warning("consumer %s: could not create %s (%s)", self.name, self.dlq_topic, describe(error))
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def _loop(self, until: Callable[[], bool] | None) -> None:
+        assert self._kafka is not None
+        while not self.stopping.is_set():
+            records = await self._kafka.getmany(timeout_ms=500, max_records=self.settings.consumer_batch_size)
+            async with self._in_flight:
+                assigned = self._kafka.assignment()
+                # Records of a partition revoked since the fetch belong to its new owner now.
+                fetched = {tp: batch for tp, batch in records.items() if tp in assigned and batch}
+                if fetched:
+                    with contextlib.suppress(_Stopped):
+                        await self._process(fetched)
+                self._update_lag(assigned)
+            if until is not None and until():
+                return
+
+    async def _process(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        started = time.perf_counter()
+        items: list[Item] = []
+        next_offsets: dict[TopicPartition, int] = {}
+        for tp, records in fetched.items():
+            for record in records:
+                try:
+                    event = decode(record.value)
+                except DecodeError as error:
+                    await self._dead_letter(record, "undecodable", str(error))
+                    continue
+                reason = self.consumer.validate(event)
+                if reason is not None:
+                    await self._dead_letter(record, "rejected", reason)
+                    continue
+                items.append(Item(event, record.topic, record.partition, record.offset))
+            next_offsets[tp] = records[-1].offset + 1
+        batch = Batch(items, next_offsets)
+        await self._write(batch)
+        await self._commit(next_offsets)
+        self.written.update(next_offsets)
+        self.metrics.events.inc(len(items))
+        self.metrics.batches.inc()
+        self.metrics.batch_duration.observe(time.perf_counter() - started)
+
+    async def _write(self, batch: Batch) -> None:
+        delay = FIRST_RETRY_SECONDS
+        while True:
+            try:
+                await self.consumer.write(batch)
+                return
+            except Exception as error:  # any sink error: the batch is retried, never skipped
+                if self.stopping.is_set() or self._revoking:
+                    log.warning("consumer %s: dropping a batch of %d the sink refused (%s); it is not committed "
+                                "and will be read again", self.name, len(batch), describe(error))
+                    raise _Stopped from None
+                self.metrics.retries.inc()
+                log.warning("consumer %s: sink refused a batch of %d (%s); retrying in %.1f s", self.name,
+                            len(batch), describe(error), delay)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                delay = min(delay * 2, self.settings.consumer_retry_max_seconds)
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        assert self._kafka is not None
+        try:
+            await self._kafka.commit(offsets)
+        except (CommitFailedError, KafkaError) as error:
+            # The sink has the batch; for sinks that store offsets nothing is lost at all, for
+            # the others the records come again and the sink's idempotence absorbs them.
+            log.warning("consumer %s: commit failed (%s); the batch may be delivered again", self.name,
+                        describe(error))
+
+    async def _dead_letter(self, record: ConsumerRecord, error: str, detail: str) -> None:
+        assert self._producer is not None
+        headers = [("error", error.encode()), ("detail", detail.encode()[:1000]),
+                   ("topic", record.topic.encode()), ("partition", str(record.partition).encode()),
+                   ("offset", str(record.offset).encode())]
+        delay = FIRST_RETRY_SECONDS
+        while True:
+            try:
+                # Awaited to the broker's acknowledgement: the offset may move only after.
+                await self._producer.send_and_wait(self.dlq_topic, record.value, key=record.key, headers=headers)
+                break
+            except KafkaError as failure:
+                if self.stopping.is_set() or self._revoking:
+                    raise _Stopped from None
+                log.warning("consumer %s: dead letter not kept (%s); retrying", self.name, describe(failure))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.consumer_retry_max_seconds)
+        self.metrics.dead_letter(error)
+        log.warning("consumer %s: %s/%d@%d to %s: %s", self.name, record.topic, record.partition, record.offset,
+                    self.dlq_topic, error)
+
+    def _update_lag(self, assigned: set[TopicPartition]) -> None:
+        assert self._kafka is not None
+        for tp in assigned:
+            highwater = self._kafka.highwater(tp)
+            if highwater is not None and tp in self.written:
+                self.metrics.lag.labels(self.name, tp.topic, str(tp.partition)).set(
+                    max(0, highwater - self.written[tp]))
+
+    # -- rebalance -------------------------------------------------------------------------
+
+    async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        self._revoking = True
+        try:
+            async with self._in_flight:  # the in-flight batch commits (or is dropped) first
+                for tp in revoked:
+                    self.written.pop(tp, None)
+                    with contextlib.suppress(KeyError):
+                        self.metrics.lag.remove(self.name, tp.topic, str(tp.partition))
+        finally:
+            self._revoking = False
+
+    async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        if not assigned:
+            return
+        assert self._kafka is not None
+        if not self.consumer.stores_offsets:
+            for tp in assigned:
+                committed = await self._kafka.committed(tp)
+                if committed is not None:
+                    self.written[tp] = committed
+            return
+        stored = await self.consumer.load_offsets(list(assigned))
+        fresh = [tp for tp in assigned if tp not in stored]
+        for tp, offset in stored.items():
+            self._kafka.seek(tp, offset)
+            self.written[tp] = offset
+        if fresh:
+            # The sink is the truth: a partition it has never seen starts at the beginning
+            # (also after `passpost rebuild`, whatever the group committed).
+            await self._kafka.seek_to_beginning(*fresh)
+        log.info("consumer %s: resuming %s", self.name,
+                 ", ".join(f"{tp.partition}@{stored.get(tp, 'start')}" for tp in sorted(assigned)))
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        await self.runner.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        await self.runner.on_assigned(assigned)

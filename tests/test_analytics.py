@@ -1,0 +1,129 @@
+"""The analytics projection on DuckDB and on PostgreSQL: the same tests run against both stores."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import io
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from passpost.consumers import testing
+from passpost.consumers.analytics import AnalyticsConsumer
+from passpost.consumers.analytics.rebuild import rebuild
+from passpost.consumers.analytics.report import print_report
+from passpost.consumers.analytics.store import open_store
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture(params=["duckdb", "postgresql"])
+def analytics_dsn(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "duckdb":
+        return f"duckdb:///{tmp_path}/analytics.duckdb"
+    return str(request.getfixturevalue("postgres_dsn"))
+
+
+def query(dsn: str, sql: str) -> list[tuple]:  # type: ignore[type-arg]
+    store = open_store(dsn)
+    try:
+        return store._execute(sql)
+    finally:
+        store.close()
+
+
+def test_every_event_once_with_its_offsets_and_redeliveries_not_counted_twice(
+        kafka_bootstrap: str, analytics_dsn: str) -> None:
+    settings = testing.settings_for(kafka_bootstrap, partitions=3, analytics_dsn=analytics_dsn,
+                                    consumer_batch_size=7)
+    events = [testing.event(serial_number=f"S{n % 5}", extra={"PASSDATA/BARCODEVALUE": str(n)}) for n in range(40)]
+    redelivered = events[3]  # the vendor posted it twice: same event_id, a later offset
+    testing.produce(settings, [*events, b"\x00poison", redelivered])
+    result = testing.consume(AnalyticsConsumer(settings), settings)
+
+    assert [letter.headers_dict["error"] for letter in result.dead_letters] == ["undecodable"]
+    assert query(analytics_dsn, "SELECT count(*), count(DISTINCT event_id) FROM pass_postbacks") == [(40, 40)]
+    first_offset = query(analytics_dsn, f"SELECT kafka_offset FROM pass_postbacks WHERE event_id = "
+                                        f"'{redelivered.event_id}'")[0][0]
+    assert first_offset < max(row[0] for row in query(analytics_dsn, "SELECT kafka_offset FROM pass_postbacks"))
+    # The stored offsets are the topic's end: every record, poison included, is behind them.
+    stored = dict(query(analytics_dsn, "SELECT kafka_partition, next_offset FROM passpost_offsets"))
+    ends = asyncio.run(_ends(settings))
+    assert stored == {tp.partition: offset for tp, offset in ends.items() if offset}
+    row = query(analytics_dsn, f"SELECT origin, status_code, outcome, serial_number, extra, kafka_topic "
+                               f"FROM pass_postbacks WHERE event_id = '{events[7].event_id}'")[0]
+    extra = row[4] if isinstance(row[4], dict) else json.loads(row[4])
+    assert row[:4] + (extra, row[5]) == ("GENERATE_PASS", "N801", "SUCCESS", "S2", {"PASSDATA/BARCODEVALUE": "7"},
+                                        settings.events_topic)
+
+    # Another group (offsets in Kafka lost, say) still resumes from the store's offsets.
+    again = testing.consume(AnalyticsConsumer(settings.replace(consumer_group="another")), settings)
+    assert again.runner.metrics.registry.get_sample_value("passpost_consumer_events_total",
+                                                          {"consumer": "analytics"}) in (None, 0.0)
+    assert query(analytics_dsn, "SELECT count(*) FROM pass_postbacks") == [(40,)]
+
+
+async def _ends(settings):  # type: ignore[no-untyped-def]
+    from passpost.consumers.analytics.rebuild import topic_bounds
+
+    return (await topic_bounds(settings))[1]
+
+
+@pytest.mark.parametrize("mode", ["hash", "keep", "drop"])
+def test_reference_value_is_hashed_kept_or_dropped(kafka_bootstrap: str, tmp_path: Path, mode: str) -> None:
+    dsn = f"duckdb:///{tmp_path}/analytics.duckdb"
+    settings = testing.settings_for(kafka_bootstrap, analytics_dsn=dsn, analytics_reference_value=mode,
+                                    analytics_hash_key="secret" if mode == "hash" else None)
+    event = testing.event(reference_value="someone@example.com")
+    testing.produce(settings, [event])
+    testing.consume(AnalyticsConsumer(settings), settings)
+    expected = {
+        "hash": "hmac-sha256:" + hmac.new(b"secret", b"someone@example.com", hashlib.sha256).hexdigest(),
+        "keep": "someone@example.com",
+        "drop": None,
+    }[mode]
+    assert query(dsn, "SELECT reference_value FROM pass_postbacks") == [(expected,)]
+
+
+def test_without_a_key_the_store_generates_one_and_keeps_it(kafka_bootstrap: str, analytics_dsn: str) -> None:
+    settings = testing.settings_for(kafka_bootstrap, analytics_dsn=analytics_dsn)
+    testing.produce(settings, [testing.event(reference_value="+15550100")])
+    testing.consume(AnalyticsConsumer(settings), settings)
+    testing.produce(settings, [testing.event(reference_value="+15550100")])
+    testing.consume(AnalyticsConsumer(settings), settings)
+    values = [row[0] for row in query(analytics_dsn, "SELECT reference_value FROM pass_postbacks")]
+    assert len(values) == 2 and values[0] == values[1] and values[0].startswith("hmac-sha256:")
+    assert "+15550100" not in values[0]
+
+
+def test_hourly_view_report_and_rebuild(kafka_bootstrap: str, analytics_dsn: str) -> None:
+    settings = testing.settings_for(kafka_bootstrap, partitions=2, analytics_dsn=analytics_dsn)
+    now = datetime.now(timezone.utc).replace(minute=30, second=0, microsecond=0)
+    events = [
+        testing.event(status_code="N801", generated_at=now - timedelta(hours=2), received_at=now),
+        testing.event(status_code="N802", generated_at=now - timedelta(hours=2), received_at=now),
+        # No offset in TIMESTAMP: no generated_at, so the hour is that of received_at.
+        testing.event(status_code="N802", generated_at=None, received_at=now, serial_number="FAILED-ONE"),
+    ]
+    testing.produce(settings, events)
+    testing.consume(AnalyticsConsumer(settings), settings)
+    hourly = query(analytics_dsn, "SELECT hour, status_code, outcome, postbacks FROM pass_postbacks_hourly "
+                                  "ORDER BY hour, status_code")
+    hour = now.replace(minute=0)
+    as_utc = [(h.replace(tzinfo=timezone.utc) if h.tzinfo is None else h.astimezone(timezone.utc), s, o, n)
+              for h, s, o, n in hourly]
+    assert as_utc == [(hour - timedelta(hours=2), "N801", "SUCCESS", 1), (hour - timedelta(hours=2), "N802",
+                      "FAILURE", 1), (hour, "N802", "FAILURE", 1)]
+
+    output = io.StringIO()
+    print_report(settings, Console(file=output, width=120), now=now)
+    text = output.getvalue()
+    assert "3 postbacks" in text and "FAILED-ONE" in text and "N802" in text
+
+    assert asyncio.run(rebuild(settings, show_progress=False)) == 3
+    assert query(analytics_dsn, "SELECT count(*) FROM pass_postbacks") == [(3,)]
