@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -134,6 +135,26 @@ def _analytics_dsn(raw: str) -> str:
     return value
 
 
+def _http_url(raw: str) -> str:
+    value = _string(raw)
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    return value
+
+
+def _alert_rules_file(raw: str) -> str:
+    path = _readable_file(raw)
+    # Parsed now, so a bad rules file stops every command at start-up with one line.
+    from passpost.consumers.alerts.rules import RulesError, load_rules
+
+    try:
+        load_rules(path)
+    except RulesError as error:
+        raise ValueError(str(error)) from None
+    return path
+
+
 def _topic(raw: str) -> str:
     value = _string(raw)
     if not re.match(r"^[A-Za-z0-9._\-]{1,249}$", value) or value in {".", ".."}:
@@ -216,6 +237,23 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("analytics_hash_key", _string, None,
             "Key of the `hash` mode; when unset the store generates one once and keeps it in its `passpost_meta` "
             "table.", secret=True),
+    Setting("alertmanager_url", _http_url, None,
+            "Alertmanager to send alerts to (e.g. `http://alertmanager:9093`; they go to `/api/v2/alerts`)."),
+    Setting("alert_webhook_url", _http_url, None,
+            "URL that receives each alert notification as JSON shaped like Alertmanager's webhook."),
+    Setting("alert_webhook_format", _choice("alertmanager", "slack"), "alertmanager",
+            "`alertmanager` (its webhook payload, version 4) or `slack` (a `{\"text\": ...}` body)."),
+    Setting("alert_log", _boolean, True, "Also log every alert notification (always on when no other sink is set)."),
+    Setting("alert_rules_file", _alert_rules_file, None,
+            "TOML or YAML (`.yaml`/`.yml`) alert rules tried before the built-in ones (README, Alerts)."),
+    Setting("alert_repeat_seconds", _seconds, 60.0,
+            "Shortest time between two notifications of one firing alert; a repeat is sent only when its count grew."),
+    Setting("alert_resolve_after_seconds", _seconds, 300.0,
+            "An alert resolves, and the resolution is sent, when its failures stopped for this long."),
+    Setting("alert_delivery_deadline_seconds", _seconds, 30.0,
+            "How long a sink retries (backoff from 0.2 s doubling to 5 s) before the batch fails and is retried whole."),
+    Setting("alert_state_file", _string, "data/alerts-state.json",
+            "The alerts consumer's local store: open alerts and the offsets they cover (keep it on a volume)."),
     Setting("log_format", _choice("text", "json"), "text", "`text` for people, `json` for one JSON object per line."),
     Setting("log_level", _choice("debug", "info", "warning", "error"), "info", "Lowest level logged."),
 )
@@ -254,6 +292,15 @@ class Settings:
     analytics_dsn: str
     analytics_reference_value: str
     analytics_hash_key: str | None = dataclasses.field(repr=False)
+    alertmanager_url: str | None
+    alert_webhook_url: str | None
+    alert_webhook_format: str
+    alert_log: bool
+    alert_rules_file: str | None
+    alert_repeat_seconds: float
+    alert_resolve_after_seconds: float
+    alert_delivery_deadline_seconds: float
+    alert_state_file: str
     log_format: str
     log_level: str
 

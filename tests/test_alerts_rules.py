@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from passpost import settings
 from passpost.consumers.alerts.rules import RulesError, RuleSet, Severity, load_rules
 from passpost.schemas.event import PassPostback, classify
+from passpost.settings import SettingsError
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
 
@@ -119,3 +124,23 @@ def test_a_bad_rules_file_is_one_line_naming_the_file(tmp_path: Path, name: str,
 def test_a_missing_rules_file_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(RulesError, match=r"^\S+missing\.toml: .*No such file"):
         load_rules(tmp_path / "missing.toml")
+
+
+def test_a_bad_rules_file_stops_passpost_consume_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text("[[rules]]\ncodes = ['N802']\nseverity = 'loud'\n")
+    result = subprocess.run([sys.executable, "-m", "passpost", "consume", "alerts"], capture_output=True, text=True,
+                            env={**os.environ, "PASSPOST_ALERT_RULES_FILE": str(path)}, timeout=30)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert f"PASSPOST_ALERT_RULES_FILE: {path}: rule 1: `severity` 'loud' is not one of" in line
+
+
+@pytest.mark.parametrize(("name", "value", "fragment"), [
+    ("PASSPOST_ALERTMANAGER_URL", "alertmanager:9093", "is not an http:// or https:// URL"),
+    ("PASSPOST_ALERT_WEBHOOK_FORMAT", "teams", "is not one of alertmanager, slack"),
+    ("PASSPOST_ALERT_RESOLVE_AFTER_SECONDS", "0", "positive number of seconds"),
+])
+def test_alert_settings_are_checked(name: str, value: str, fragment: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{name}: .*{fragment}"):
+        settings.load({name: value})

@@ -1,0 +1,121 @@
+"""``passpost consume alerts``: the alerts engine on the consumer runtime.
+
+Crash safety lives in the local store (``PASSPOST_ALERT_STATE_FILE``): after each batch
+is delivered to every sink, the open alerts and the batch's next offsets are saved
+together in one atomic file write, and the runtime resumes from those offsets
+(``stores_offsets``). So after a SIGKILL:
+
+- an event whose notification was not delivered is read again and notified (not lost);
+- an event whose notification was delivered and saved is not read again (not re-sent);
+- only a kill between a delivery and its save (microseconds to a few ms) re-sends the
+  notifications of that one step, with the same fingerprint and counts.
+
+The store is the truth for the partitions it knows. For one it does not know (first
+start, or the file was lost) the consumer group's committed offset is used, which the
+runtime also keeps current; failing that, the runtime starts at the beginning.
+
+Grouping sees every partition, so run one replica of the alerts consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from passpost.consumers.runtime import Batch, Consumer, group_id
+from passpost.kafka import client_options
+from passpost.settings import Settings
+
+from .engine import Alerter
+from .grouping import Grouper
+from .rules import describe, load_rules
+from .sinks import AlertmanagerSink, Backoff, DeliveryError, LogSink, Sink, WebhookSink
+from .store import StateStore
+
+log = logging.getLogger("passpost.alerts")
+
+# Repeats and resolutions fall due with time alone; checked this often.
+TICK_SECONDS = 1.0
+
+
+def build_sinks(settings: Settings) -> list[Sink]:
+    backoff = Backoff(deadline=settings.alert_delivery_deadline_seconds)
+    sinks: list[Sink] = []
+    if settings.alertmanager_url:
+        sinks.append(AlertmanagerSink(settings.alertmanager_url, backoff=backoff))
+    if settings.alert_webhook_url:
+        sinks.append(WebhookSink(settings.alert_webhook_url, format=settings.alert_webhook_format,  # type: ignore[arg-type]
+                                 backoff=backoff))
+    if settings.alert_log or not sinks:  # alerts are never sent nowhere
+        sinks.append(LogSink())
+    return sinks
+
+
+def _key(tp: TopicPartition) -> str:
+    return f"{tp.topic}:{tp.partition}"
+
+
+class AlertsConsumer(Consumer):
+    name = "alerts"
+    stores_offsets = True
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        # A bad rules file fails here, before any connection, as one line naming it.
+        rules = load_rules(settings.alert_rules_file)
+        grouper = Grouper(rules, repeat_seconds=settings.alert_repeat_seconds,
+                          resolve_after_seconds=settings.alert_resolve_after_seconds)
+        self.alerter = Alerter(grouper, build_sinks(settings), store=StateStore(settings.alert_state_file))
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.alerter.restore()
+        log.info("alerts: sinks %s; rules: %s", ", ".join(sink.name for sink in self.alerter.sinks),
+                 "; ".join(describe(self.alerter.grouper.rules.rules)))
+        self._ticker = asyncio.create_task(self._tick_forever(), name="alerts-tick")
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            try:
+                await self.alerter.tick()
+            except DeliveryError as error:
+                # Nothing moved on; the same repeats and resolutions are due at the next tick.
+                log.warning("alerts: %s", error)
+
+    async def write(self, batch: Batch) -> None:
+        await self.alerter.handle(batch.events, {_key(tp): offset for tp, offset in batch.next_offsets.items()})
+
+    async def load_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        stored = {tp: self.alerter.offsets[_key(tp)] for tp in partitions if _key(tp) in self.alerter.offsets}
+        unknown = [tp for tp in partitions if tp not in stored]
+        if unknown:
+            stored.update(await self._committed(unknown))
+        return stored
+
+    async def _committed(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        # A throw-away client of the same group reads what the runtime committed; it never
+        # joins the group (no subscribe), so it does not trigger a rebalance.
+        reader = AIOKafkaConsumer(**client_options(self.settings), group_id=group_id(self.settings, self.name),
+                                  enable_auto_commit=False)
+        await reader.start()
+        try:
+            found = {}
+            for tp in partitions:
+                offset = await reader.committed(tp)
+                if offset is not None:
+                    found[tp] = offset
+            return found
+        finally:
+            await reader.stop()
+
+    async def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        await self.alerter.aclose()
