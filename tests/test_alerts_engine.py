@@ -59,3 +59,18 @@ def test_a_damaged_store_is_one_line_naming_it(tmp_path: Path) -> None:
     with pytest.raises(StateStoreError, match=r"alerts\.json: not a passpost alerts state file"):
         StateStore(path).load()
     assert StateStore(tmp_path / "none.json").load() is None
+
+
+def test_the_consumer_puts_its_metrics_on_the_registry_it_is_given(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from passpost import settings
+    from passpost.consumers.alerts import AlertsConsumer
+
+    consumer = AlertsConsumer(settings.defaults().replace(alert_state_file=str(tmp_path / "state.json")))
+    registry = CollectorRegistry()
+    consumer.register_metrics(registry)
+    exposed = generate_latest(registry).decode()
+    for name in ("passpost_alerts_fired", "passpost_alerts_resolved", "passpost_alerts_delivered",
+                 "passpost_alerts_failed", "passpost_alert_delivery_seconds"):
+        assert f"# HELP {name}" in exposed

@@ -79,8 +79,19 @@ def test_a_redelivered_postback_counts_once() -> None:
     grouper = Grouper()
     for _ in range(3):
         grouper.observe(postback("N811"), T0)  # same content, same event_id
-    (notification,) = grouper.due(T0)
-    assert notification.count == 1
+    for _ in range(20):  # nor towards N802's burst threshold
+        grouper.observe(postback("N802"), T0)
+    notifications = grouper.due(T0)
+    assert sorted((n.labels["status_code"], n.labels["severity"], n.count) for n in notifications) == [
+        ("N802", "warning", 1), ("N811", "critical", 1)]
+    assert len(grouper.to_state()["seen"]) == 2
+
+
+def test_successes_are_not_remembered() -> None:
+    grouper = Grouper()
+    for n in range(100):
+        grouper.observe(postback("N801", n=n), T0)
+    assert grouper.to_state()["seen"] == [] and grouper.due(T0) == []
 
 
 def test_a_backlog_of_old_events_does_not_resolve_between_batches() -> None:

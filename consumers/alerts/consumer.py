@@ -25,12 +25,13 @@ import logging
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import CollectorRegistry
 
 from passpost.consumers.runtime import Batch, Consumer, group_id
 from passpost.kafka import client_options
 from passpost.settings import Settings
 
-from .engine import Alerter
+from .engine import Alerter, AlertMetrics
 from .grouping import Grouper
 from .rules import describe, load_rules
 from .sinks import AlertmanagerSink, Backoff, DeliveryError, LogSink, Sink, WebhookSink
@@ -71,6 +72,13 @@ class AlertsConsumer(Consumer):
                           resolve_after_seconds=settings.alert_resolve_after_seconds)
         self.alerter = Alerter(grouper, build_sinks(settings), store=StateStore(settings.alert_state_file))
         self._ticker: asyncio.Task[None] | None = None
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Put the alert metrics on the runtime's ``/metrics``; to be called before ``start()``.
+
+        Until the runtime calls it, they live in a registry of their own that nothing serves.
+        """
+        self.alerter.metrics = AlertMetrics(registry)
 
     async def start(self) -> None:
         self.alerter.restore()

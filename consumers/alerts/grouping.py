@@ -122,7 +122,9 @@ class Grouper:
 
     def observe(self, event: PassPostback, now: datetime) -> bool:
         """Count ``event`` if it alerts; False for non-alerting events and re-deliveries."""
-        if event.event_id in self._seen:
+        # Only alerting events are remembered: successes need no de-duplication, and the
+        # ids are saved with the state after every batch.
+        if event.event_id in self._seen or not self.rules.alerts(event):
             return False
         self._seen[event.event_id] = None
         if len(self._seen) > REMEMBERED_EVENT_IDS:

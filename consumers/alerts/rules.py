@@ -105,6 +105,10 @@ DEFAULT_RULES: tuple[Rule, ...] = (
 )
 
 
+def _label(text: str | None) -> str:
+    return (text or "").strip()[:MAX_LABEL_LENGTH]
+
+
 @dataclass
 class RuleSet:
     """Rules in order, plus the sliding windows their escalations need.
@@ -117,19 +121,29 @@ class RuleSet:
     # at most ``count`` entries are kept, which is all the threshold needs.
     _windows: dict[tuple[int, str, str], deque[datetime]] = field(default_factory=dict)
 
+    def alerts(self, event: PassPostback) -> bool:
+        """Whether ``event`` alerts at all; unlike ``match`` it counts nothing towards a burst."""
+        found = self._first(event)
+        return found is not None and found[1].alert
+
     def match(self, event: PassPostback) -> Match | None:
-        status_code = (event.status_code or "").strip().upper()[:MAX_LABEL_LENGTH]
-        origin = (event.origin or "").strip()[:MAX_LABEL_LENGTH]
+        """The alert ``event`` contributes to, or None; counts it towards its rule's burst window."""
+        found = self._first(event)
+        if found is None or not found[1].alert:
+            return None
+        index, rule = found
+        status_code, origin = _label(event.status_code).upper(), _label(event.origin)
+        severity = rule.severity
+        if rule.escalate is not None and self._burst(index, rule.escalate, origin, status_code, event.received_at):
+            severity = rule.escalate.severity
+        return Match(rule.alertname, origin, status_code, severity,
+                     rule.summary.format(status_code=status_code, origin=origin))
+
+    def _first(self, event: PassPostback) -> tuple[int, Rule] | None:
+        status_code, origin = _label(event.status_code).upper(), _label(event.origin)
         for index, rule in enumerate(self.rules):
-            if not rule.matches(status_code, event.outcome, origin):
-                continue
-            if not rule.alert:
-                return None
-            severity = rule.severity
-            if rule.escalate is not None and self._burst(index, rule.escalate, origin, status_code, event.received_at):
-                severity = rule.escalate.severity
-            return Match(rule.alertname, origin, status_code, severity,
-                         rule.summary.format(status_code=status_code, origin=origin))
+            if rule.matches(status_code, event.outcome, origin):
+                return index, rule
         return None
 
     def _burst(self, index: int, escalation: Escalation, origin: str, code: str, at: datetime) -> bool:
