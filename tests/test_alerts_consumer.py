@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -13,8 +14,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from aiokafka import TopicPartition
 
 from passpost.consumers import testing
+from passpost.consumers.alerts import AlertsConsumer
 from passpost.consumers.runtime import load_consumer
 from tests.test_alerts_sinks import Receiver, receiver  # noqa: F401 (a fixture)
 
@@ -28,8 +31,6 @@ RUN = ("import asyncio; from passpost import settings; from passpost.consumers.r
 
 
 def test_alerts_is_a_registered_consumer() -> None:
-    from passpost.consumers.alerts import AlertsConsumer
-
     assert load_consumer("alerts") is AlertsConsumer
 
 
@@ -89,3 +90,21 @@ def test_sigkill_after_firing_neither_loses_nor_resends(kafka_bootstrap: str, re
                 for body in receiver.bodies]
     # The first N811 notification is not sent again; the new events are neither lost nor counted twice.
     assert sorted(notified) == [("N803", "1"), ("N811", "20"), ("N811", "25")]
+
+
+def test_without_its_store_the_consumer_resumes_at_the_groups_committed_offsets(kafka_bootstrap: str,
+                                                                                 tmp_path: Path) -> None:
+    settings = testing.settings_for(kafka_bootstrap, alert_state_file=str(tmp_path / "state.json"))
+    testing.produce(settings, [testing.event(status_code="N811") for _ in range(3)])
+    testing.consume(AlertsConsumer(settings), settings)  # the runtime commits as it goes
+    (tmp_path / "state.json").unlink()  # e.g. a pod rescheduled without its volume
+
+    async def resume() -> dict[TopicPartition, int]:
+        fresh = AlertsConsumer(settings)
+        await fresh.start()
+        try:
+            return await fresh.load_offsets([TopicPartition(settings.events_topic, 0)])
+        finally:
+            await fresh.close()
+
+    assert asyncio.run(resume()) == {TopicPartition(settings.events_topic, 0): 3}
