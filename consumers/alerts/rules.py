@@ -287,7 +287,7 @@ def _escalation(where: str, value: Any) -> Escalation | None:
                                                    value.get("severity", "critical")))
 
 
-def describe(rules: Iterable[Rule] | Sequence[Rule]) -> list[str]:
+def describe(rules: Iterable[Rule]) -> list[str]:
     """One line per rule, for ``--help``-style listings and the log at start-up."""
     lines = []
     for rule in rules:
