@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -48,7 +48,7 @@ def event(**fields: Any) -> PassPostback:
     """A valid event; every field can be overridden. Distinct calls give distinct event ids."""
     values: dict[str, Any] = {
         "event_id": uuid.uuid4().hex, "origin": "GENERATE_PASS", "status_code": "N801",
-        "received_at": datetime.now(timezone.utc), "serial_number": uuid.uuid4().hex[:8],
+        "received_at": datetime.now(UTC), "serial_number": uuid.uuid4().hex[:8],
     }
     values.update(fields)
     values.setdefault("outcome", classify(values["status_code"]))

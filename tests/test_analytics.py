@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import io
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -103,7 +103,7 @@ def test_without_a_key_the_store_generates_one_and_keeps_it(kafka_bootstrap: str
 
 def test_hourly_view_report_and_rebuild(kafka_bootstrap: str, analytics_dsn: str) -> None:
     settings = testing.settings_for(kafka_bootstrap, partitions=2, analytics_dsn=analytics_dsn)
-    now = datetime.now(timezone.utc).replace(minute=30, second=0, microsecond=0)
+    now = datetime.now(UTC).replace(minute=30, second=0, microsecond=0)
     events = [
         testing.event(status_code="N801", generated_at=now - timedelta(hours=2), received_at=now),
         testing.event(status_code="N802", generated_at=now - timedelta(hours=2), received_at=now),
@@ -115,7 +115,7 @@ def test_hourly_view_report_and_rebuild(kafka_bootstrap: str, analytics_dsn: str
     hourly = query(analytics_dsn, "SELECT hour, status_code, outcome, postbacks FROM pass_postbacks_hourly "
                                   "ORDER BY hour, status_code")
     hour = now.replace(minute=0)
-    as_utc = [(h.replace(tzinfo=timezone.utc) if h.tzinfo is None else h.astimezone(timezone.utc), s, o, n)
+    as_utc = [(h.replace(tzinfo=UTC) if h.tzinfo is None else h.astimezone(UTC), s, o, n)
               for h, s, o, n in hourly]
     assert as_utc == [(hour - timedelta(hours=2), "N801", "SUCCESS", 1), (hour - timedelta(hours=2), "N802",
                       "FAILURE", 1), (hour, "N802", "FAILURE", 1)]

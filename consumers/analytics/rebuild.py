@@ -13,8 +13,16 @@ from __future__ import annotations
 import asyncio
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from rich.progress import BarColumn, ProgressColumn, Task, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
-
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 from passpost.consumers.analytics import AnalyticsConsumer
@@ -31,13 +39,12 @@ class _Rate(ProgressColumn):
 
 async def topic_bounds(settings: Settings) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
     """Beginning and end offsets of every partition of the events topic, now."""
-    client = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
+    # Subscribed to the topic (group-less), the client holds its metadata once started.
+    client = AIOKafkaConsumer(settings.events_topic, **client_options(settings), group_id=None,
+                              enable_auto_commit=False)
     await start_client(client, settings)
     try:
         partitions = client.partitions_for_topic(settings.events_topic) or set()
-        if not partitions:
-            await client._client.force_metadata_update()
-            partitions = client.partitions_for_topic(settings.events_topic) or set()
         tps = [TopicPartition(settings.events_topic, p) for p in sorted(partitions)]
         return await client.beginning_offsets(tps), await client.end_offsets(tps)
     finally:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from rich.console import Console
 from rich.table import Table
@@ -15,7 +15,7 @@ def print_report(settings: Settings, console: Console | None = None, now: dateti
     console = console or Console()
     store = open_store(settings.analytics_dsn, read_only=True)
     try:
-        summary = store.summary(now or datetime.now(timezone.utc))
+        summary = store.summary(now or datetime.now(UTC))
     finally:
         store.close()
     console.print(f"[bold]{summary.total}[/bold] postbacks in {settings.analytics_dsn.split('@')[-1]}")

@@ -19,7 +19,7 @@ import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 COLUMNS = ("event_id", "origin", "status_code", "outcome", "code", "referenced_by", "reference_value",
@@ -34,14 +34,14 @@ CREATE TABLE IF NOT EXISTS pass_postbacks (
     kafka_topic TEXT NOT NULL, kafka_partition INTEGER NOT NULL, kafka_offset BIGINT NOT NULL)
 """
 _SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS passpost_offsets (kafka_topic TEXT NOT NULL, kafka_partition INTEGER NOT NULL, "
-    "next_offset BIGINT NOT NULL, PRIMARY KEY (kafka_topic, kafka_partition))",
+    ("CREATE TABLE IF NOT EXISTS passpost_offsets (kafka_topic TEXT NOT NULL, kafka_partition INTEGER NOT NULL, "
+     "next_offset BIGINT NOT NULL, PRIMARY KEY (kafka_topic, kafka_partition))"),
     "CREATE TABLE IF NOT EXISTS passpost_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS pass_postbacks_serial_number ON pass_postbacks (serial_number)",
     "CREATE INDEX IF NOT EXISTS pass_postbacks_custom_pass_id ON pass_postbacks (custom_pass_id)",
     "CREATE INDEX IF NOT EXISTS pass_postbacks_outcome_received_at ON pass_postbacks (outcome, received_at)",
-    "CREATE OR REPLACE VIEW pass_postbacks_hourly AS SELECT date_trunc('hour', coalesce(generated_at, received_at)) "
-    "AS hour, origin, status_code, outcome, count(*) AS postbacks FROM pass_postbacks GROUP BY 1, 2, 3, 4",
+    ("CREATE OR REPLACE VIEW pass_postbacks_hourly AS SELECT date_trunc('hour', coalesce(generated_at, received_at)) "
+     "AS hour, origin, status_code, outcome, count(*) AS postbacks FROM pass_postbacks GROUP BY 1, 2, 3, 4"),
 ]
 _UPSERT_OFFSET = ("INSERT INTO passpost_offsets VALUES ({p}, {p}, {p}) ON CONFLICT (kafka_topic, kafka_partition) "
                   "DO UPDATE SET next_offset = excluded.next_offset")
@@ -61,7 +61,7 @@ class Summary:
 
 
 def _utc(value: datetime | None) -> datetime | None:
-    return None if value is None else value.astimezone(timezone.utc)
+    return None if value is None else value.astimezone(UTC)
 
 
 class Store:
@@ -127,7 +127,7 @@ class Store:
     def _since(self, now: datetime) -> Any:
         from datetime import timedelta
 
-        return now.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=23)
+        return now.astimezone(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=23)
 
 
 class DuckDBStore(Store):

@@ -46,7 +46,7 @@ async def serve_health(
         with contextlib.suppress(Exception):
             request = await asyncio.wait_for(reader.readline(), 5)
             # Drain the headers; nothing in them matters here.
-            while (line := await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+            while await asyncio.wait_for(reader.readline(), 5) not in (b"\r\n", b"\n", b""):
                 pass
             parts = request.decode("latin-1").split()
             path = parts[1].split("?")[0] if len(parts) > 1 else ""

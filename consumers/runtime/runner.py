@@ -181,7 +181,7 @@ class Runner:
             try:
                 await self.consumer.write(batch)
                 return
-            except Exception as error:  # any sink error: the batch is retried, never skipped
+            except Exception as error:  # noqa: BLE001 (any sink error: the batch is retried, never skipped)
                 if self.stopping.is_set() or self._revoking:
                     log.warning("consumer %s: dropping a batch of %d the sink refused (%s); it is not committed "
                                 "and will be read again", self.name, len(batch), describe(error))
