@@ -1,0 +1,191 @@
+"""The consumer benchmark: `passpost consume analytics` draining a backlog into DuckDB and PostgreSQL.
+
+    python bench/consume.py [--events 1000000] [--partitions 6] [--skip-postgres]
+
+What one run does (figures in BENCHMARKS.md):
+
+1. starts a local Kafka broker (``passpost.localkafka``), or uses the one named by
+   ``PASSPOST_KAFKA_BOOTSTRAP_SERVERS``, creates a fresh events topic and fills it with
+   ``--events`` events encoded by the project's codec (``passpost.schemas.codec.encode``),
+   keyed as the ingress keys them;
+2. baseline: a bare aiokafka loop, in this process, that fetches (``getmany``) and decodes
+   every record and does nothing else;
+3. runs ``passpost consume analytics`` as its own process on a fresh DuckDB file, with
+   default settings, and measures events/s from its first written batch until
+   ``passpost_consumer_events_total`` reaches the backlog, then its peak RSS (VmHWM);
+4. the same on PostgreSQL (a server started like the tests' fixture), unless skipped;
+5. prints a Markdown table, and checks each store holds exactly ``--events`` rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.postgres_fixtures, tests.live
+
+from passpost import settings as settings_module
+from passpost.consumers.analytics.store import open_store
+from passpost.kafka import create_topics
+from passpost.localkafka import LocalKafka
+from passpost.schemas.codec import decode, encode
+from passpost.schemas.event import PassPostback, classify
+from tests.live import free_port
+from tests.postgres_fixtures import PostgresServer
+
+CODES = ("N801", "N801", "N801", "N802", "N803", "N811", "X999")
+
+
+def make_event(n: int, start: datetime) -> PassPostback:
+    code = CODES[n % len(CODES)]
+    return PassPostback(
+        event_id=uuid.UUID(int=n).hex, origin="GENERATE_PASS", status_code=code, outcome=classify(code),
+        referenced_by="Email", reference_value=f"user{n}@example.com", custom_pass_id=f"C{n % 5000}",
+        pass_data_id=f"PD{n % 977}", serial_number=f"SN{n}", generated_at=start + timedelta(seconds=n),
+        timestamp_raw="2026-11-26T11:37:11-05:00", received_at=start + timedelta(seconds=n, milliseconds=250),
+        extra={"PASSDATA/BARCODEVALUE": str(n)} if n % 10 == 0 else {})
+
+
+async def fill(bootstrap: str, topic: str, events: int) -> float:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20, compression_type="lz4",
+                                max_batch_size=512 * 1024)
+    await producer.start()
+    started = time.perf_counter()
+    start = datetime(2026, 11, 26, tzinfo=UTC)
+    try:
+        pending = []
+        for n in range(events):
+            event = make_event(n, start)
+            pending.append(await producer.send(topic, encode(event), key=event.kafka_key()))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+async def bare_loop(bootstrap: str, topic: str, events: int) -> float:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest", fetch_max_bytes=8 * 1024 * 1024,
+                                max_partition_fetch_bytes=8 * 1024 * 1024)
+    await consumer.start()
+    count, started = 0, None
+    try:
+        while count < events:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            for records in batches.values():
+                if started is None:
+                    started = time.perf_counter()
+                for record in records:
+                    decode(record.value)
+                count += sum(1 for _ in records)
+    finally:
+        await consumer.stop()
+    return count / (time.perf_counter() - (started or 0))
+
+
+def metric(port: int, name: str) -> float:
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return -1.0
+    match = re.search(rf'^{name}{{consumer="analytics"}} (\S+)$', text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def drain(bootstrap: str, topic: str, dsn: str, events: int, log: Path) -> tuple[float, float]:
+    port = free_port()
+    env = {**os.environ, "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PASSPOST_EVENTS_TOPIC": topic,
+           "PASSPOST_CONSUMER_GROUP": f"bench-{uuid.uuid4().hex[:8]}", "PASSPOST_ANALYTICS_DSN": dsn,
+           "PASSPOST_CONSUMER_PORT": str(port), "PASSPOST_LOG_LEVEL": "warning"}
+    with log.open("wb") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "passpost", "consume", "analytics"], env=env,
+                                   stdout=sink, stderr=sink)
+    try:
+        started = None
+        while (done := metric(port, "passpost_consumer_events_total")) < events:
+            if process.poll() is not None:
+                raise SystemExit(f"consumer exited:\n{log.read_text()}")
+            if started is None and done > 0:
+                started, first = time.perf_counter(), done
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - (started or 0)
+        rss = peak_rss_mib(process.pid)
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    store = open_store(dsn)
+    try:
+        assert store.count() == events, f"{dsn}: {store.count()} rows, expected {events}"
+    finally:
+        store.close()
+    return (events - first) / elapsed, rss
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--skip-postgres", action="store_true")
+    args = parser.parse_args()
+    with ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="passpost-bench-")))
+        bootstrap = os.environ.get("PASSPOST_KAFKA_BOOTSTRAP_SERVERS")
+        if not bootstrap:
+            bootstrap = stack.enter_context(LocalKafka(work / "kafka")).bootstrap_servers
+        topic = f"bench-events-{uuid.uuid4().hex[:8]}"
+        settings = settings_module.defaults().replace(kafka_bootstrap_servers=bootstrap,
+                                                      topic_partitions=args.partitions)
+        asyncio.run(create_topics(settings, [topic]))
+        seconds = asyncio.run(fill(bootstrap, topic, args.events))
+        print(f"filled {topic} with {args.events} events in {seconds:.1f} s", flush=True)
+
+        rows = [("bare aiokafka getmany + decode", asyncio.run(bare_loop(bootstrap, topic, args.events)), None)]
+        print(f"bare loop: {rows[0][1]:,.0f} events/s", flush=True)
+        rate, rss = drain(bootstrap, topic, f"duckdb:///{work}/analytics.duckdb", args.events, work / "duckdb.log")
+        rows.append(("`passpost consume analytics`, DuckDB", rate, rss))
+        print(f"DuckDB: {rate:,.0f} events/s, peak RSS {rss:.0f} MiB", flush=True)
+        if not args.skip_postgres:
+            server = PostgresServer()
+            server.start()
+            stack.callback(server.cleanup)
+            rate, rss = drain(bootstrap, topic, server.create_database(), args.events, work / "postgres.log")
+            rows.append(("`passpost consume analytics`, PostgreSQL", rate, rss))
+            print(f"PostgreSQL: {rate:,.0f} events/s, peak RSS {rss:.0f} MiB", flush=True)
+
+    bare = rows[0][1]
+    print(f"\n| {args.events:,} events, {args.partitions} partitions | events/s | of the bare loop | peak RSS |")
+    print("| --- | --- | --- | --- |")
+    for name, rate, rss in rows:
+        print(f"| {name} | {rate:,.0f} | {rate / bare:.2f} | {'' if rss is None else f'{rss:.0f} MiB'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
