@@ -15,7 +15,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib.metadata import entry_points
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -71,9 +71,11 @@ class Runner:
         self.metrics = ConsumerMetrics(self.name)
         self.health_port = settings.consumer_port if health_port is None else health_port
         self.stopping = asyncio.Event()
-        # Held while a batch is between fetch and commit; a revocation waits for it.
+        # Held while a batch is decoded and handed on; a revocation takes it, then settles the write.
         self._in_flight = asyncio.Lock()
         self._revoking = False
+        self._generation = 0  # counts rebalances, so a fetch that straddled one is not used
+        self._pending: asyncio.Task[None] | None = None  # the batch being written
         self._ready = False
         self.written: dict[TopicPartition, int] = {}  # next offset per partition, for lag
         self._kafka: AIOKafkaConsumer | None = None
@@ -137,21 +139,53 @@ class Runner:
 
     async def _loop(self, until: Callable[[], bool] | None) -> None:
         assert self._kafka is not None
-        while not self.stopping.is_set():
-            records = await self._kafka.getmany(timeout_ms=500, max_records=self.settings.consumer_batch_size)
-            async with self._in_flight:
-                assigned = self._kafka.assignment()
-                # Records of a partition revoked since the fetch belong to its new owner now.
-                fetched = {tp: batch for tp, batch in records.items() if tp in assigned and batch}
-                if fetched:
-                    with contextlib.suppress(_Stopped):
-                        await self._process(fetched)
-                self._update_lag(assigned)
-            if until is not None and until():
-                return
+        try:
+            while not self.stopping.is_set():
+                records = await self._kafka.getmany(timeout_ms=500, max_records=self.settings.consumer_batch_size)
+                # getmany hands out only records at the current positions; taken right after it
+                # returns, this tells whether a rebalance happened while the lock was awaited.
+                generation = self._generation
+                async with self._in_flight:
+                    assigned = self._kafka.assignment()
+                    # After such a rebalance positions were reset (to the committed or the sink's
+                    # offsets): these records may lie beyond a dropped batch, and are fetched again.
+                    fetched = {} if generation != self._generation else {
+                        tp: batch for tp, batch in records.items() if tp in assigned and batch}
+                    if fetched:
+                        await self._pipeline(fetched)
+                    else:
+                        await self._settle()
+                    self._update_lag(assigned)
+                if until is not None and until():
+                    return
+        finally:
+            await self._settle()
 
-    async def _process(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+    async def _pipeline(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Decode this batch while the previous one is written (sinks write in a thread or on
+        the network), then hand it on only once the previous one is written and committed."""
         started = time.perf_counter()
+        try:
+            batch = await self._prepare(fetched)
+        except _Stopped:
+            batch = None
+        previous_written = await self._settle()
+        # A dropped batch is not skipped: the one after it must not be written either.
+        if previous_written and batch is not None:
+            self._pending = asyncio.create_task(self._finish(batch, started))
+
+    async def _settle(self) -> bool:
+        """Wait for the batch being written; False when it was dropped uncommitted."""
+        task, self._pending = self._pending, None
+        if task is None:
+            return True
+        try:
+            await task
+        except _Stopped:
+            return False
+        return True
+
+    async def _prepare(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> Batch:
         items: list[Item] = []
         next_offsets: dict[TopicPartition, int] = {}
         for tp, records in fetched.items():
@@ -167,11 +201,14 @@ class Runner:
                     continue
                 items.append(Item(event, record.topic, record.partition, record.offset))
             next_offsets[tp] = records[-1].offset + 1
-        batch = Batch(items, next_offsets)
+        return Batch(items, next_offsets)
+
+    async def _finish(self, batch: Batch, started: float) -> None:
         await self._write(batch)
-        await self._commit(next_offsets)
-        self.written.update(next_offsets)
-        self.metrics.events.inc(len(items))
+        await self._commit(batch.next_offsets)
+        self.written.update(batch.next_offsets)
+        self._update_lag(batch.next_offsets)
+        self.metrics.events.inc(len(batch))
         self.metrics.batches.inc()
         self.metrics.batch_duration.observe(time.perf_counter() - started)
 
@@ -224,9 +261,9 @@ class Runner:
         log.warning("consumer %s: %s/%d@%d to %s: %s", self.name, record.topic, record.partition, record.offset,
                     self.dlq_topic, error)
 
-    def _update_lag(self, assigned: set[TopicPartition]) -> None:
+    def _update_lag(self, partitions: Iterable[TopicPartition]) -> None:
         assert self._kafka is not None
-        for tp in assigned:
+        for tp in partitions:
             highwater = self._kafka.highwater(tp)
             if highwater is not None and tp in self.written:
                 self.metrics.lag.labels(self.name, tp.topic, str(tp.partition)).set(
@@ -237,7 +274,10 @@ class Runner:
     async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         self._revoking = True
         try:
-            async with self._in_flight:  # the in-flight batch commits (or is dropped) first
+            async with self._in_flight:
+                # The batch being written commits (or is dropped, uncommitted) first.
+                await self._settle()
+                self._generation += 1
                 for tp in revoked:
                     self.written.pop(tp, None)
                     with contextlib.suppress(KeyError):
@@ -246,6 +286,7 @@ class Runner:
             self._revoking = False
 
     async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self._generation += 1
         if not assigned:
             return
         assert self._kafka is not None
