@@ -1,8 +1,10 @@
 """``passpost dev``: the whole pipeline on one machine, for trying it out.
 
 Starts a local Kafka broker unless ``PASSPOST_KAFKA_BOOTSTRAP_SERVERS`` names one,
-creates the topics, and runs the ingress with a generated token, then prints a ``curl``
-that posts the vendor's own example, exactly as the vendor printed it.
+creates the topics, runs the built-in consumers (analytics into DuckDB, alerts to the
+log) as child processes the way production runs them, and the ingress with a generated
+token, then prints a ``curl`` that posts the vendor's own example, exactly as the vendor
+printed it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ import contextlib
 import os
 import secrets
 import shlex
+import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from importlib import resources
 
@@ -43,6 +49,40 @@ def kafka_for(settings: Settings) -> Iterator[Settings]:
         broker.close()
 
 
+DEV_CONSUMERS = ("analytics", "alerts")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def consumers_for(settings: Settings) -> Iterator[list[str]]:
+    """Each built-in consumer as its own `passpost consume` process, stopped with SIGTERM on exit."""
+    env = {**os.environ, "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers}
+    processes: list[subprocess.Popen[bytes]] = []
+    described: list[str] = []
+    try:
+        for name in DEV_CONSUMERS:
+            port = _free_port()
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "passpost", "consume", name], env={**env, "PASSPOST_CONSUMER_PORT": str(port)},
+            ))
+            described.append(f"{name} (metrics on http://{settings.host}:{port}/metrics)")
+        yield described
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
 def curl_command(settings: Settings, token: str) -> str:
     url = f"http://{settings.host}:{settings.port}/postbacks/passes"
     return (
@@ -60,10 +100,14 @@ def run(settings: Settings) -> None:
     settings = settings.replace(ingest_tokens=settings.ingest_tokens or (token,))
     with kafka_for(settings) as settings:
         asyncio.run(create_topics(settings))
-        click.echo(
-            f"\nThe ingress listens on http://{settings.host}:{settings.port} with token {token}\n"
-            f"Post the vendor's example:\n\n{curl_command(settings, token)}\n\n"
-            "Ctrl-C stops everything.\n",
-            err=True,
-        )
-        serve(settings)
+        with consumers_for(settings) as consumers:
+            click.echo(
+                f"\nThe ingress listens on http://{settings.host}:{settings.port} with token {token}\n"
+                f"Consumers: {', '.join(consumers)}; analytics in {settings.analytics_dsn}, "
+                "alerts in this terminal. `passpost report` shows what the store holds.\n"
+                f"Post the vendor's example (change N801 to N811 to see an alert):\n\n"
+                f"{curl_command(settings, token)}\n\n"
+                "Ctrl-C stops everything.\n",
+                err=True,
+            )
+            serve(settings)

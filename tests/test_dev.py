@@ -29,12 +29,13 @@ def test_packaged_example_is_the_vendor_example_as_printed() -> None:
     assert VENDOR_EXAMPLE == (ROOT / "tests" / "data" / "vendor_example.xml").read_text()
 
 
-def test_dev_starts_kafka_and_prints_a_curl_whose_postback_lands_on_the_topic(tmp_path: Path) -> None:
+def test_dev_runs_the_pipeline_and_prints_a_curl_whose_postback_lands_everywhere(tmp_path: Path) -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith("PASSPOST_")}
     env["PASSPOST_PORT"] = str(free_port())
     log = tmp_path / "dev.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "passpost", "dev"], env=env, stdout=sink, stderr=sink)
+    with log.open("wb") as sink:  # in tmp_path: the DuckDB file and the alert state land there
+        process = subprocess.Popen([sys.executable, "-m", "passpost", "dev"], env=env, stdout=sink, stderr=sink,
+                                   cwd=tmp_path)
     try:
         deadline = time.monotonic() + 120
         while "Ctrl-C stops everything" not in log.read_text() or "Application startup complete" not in log.read_text():
@@ -54,6 +55,14 @@ def test_dev_starts_kafka_and_prints_a_curl_whose_postback_lands_on_the_topic(tm
         event = fastavro.schemaless_reader(io.BytesIO(record.value[10:]), SCHEMA)
         assert event["event_id"] == answer["event_ids"][0]
         assert event["serial_number"] == "5294CE37878AE-112613-113711"
+
+        # The developer's next step: an N811 shows up as an alert in the same terminal.
+        failing = subprocess.run(["bash", "-c", curl.replace("<STATUSCODE>N801<", "<STATUSCODE>N811<")],
+                                 capture_output=True, text=True, timeout=30)
+        assert json.loads(failing.stdout)["events"] == 1
+        while "N811" not in log.read_text():
+            assert time.monotonic() < deadline + 30, log.read_text()
+            time.sleep(0.3)
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -61,3 +70,7 @@ def test_dev_starts_kafka_and_prints_a_curl_whose_postback_lands_on_the_topic(tm
         except subprocess.TimeoutExpired:
             process.kill()
     assert process.returncode == 0, log.read_text()
+    report = subprocess.run([sys.executable, "-m", "passpost", "report"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert report.returncode == 0, report.stderr
+    assert "N811" in report.stdout and "N801" in report.stdout
