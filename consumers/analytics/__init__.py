@@ -51,7 +51,7 @@ class AnalyticsConsumer(Consumer):
         assert self.store is not None
         stored: dict[TopicPartition, int] = {}
         for topic in {tp.topic for tp in partitions}:
-            by_partition = await self._with_store(self.store.load_offsets, topic)
+            by_partition = await asyncio.to_thread(self.store.load_offsets, topic)
             stored.update({tp: by_partition[tp.partition] for tp in partitions
                            if tp.topic == topic and tp.partition in by_partition})
         return stored
@@ -64,10 +64,7 @@ class AnalyticsConsumer(Consumer):
             if item.event.event_id not in rows:
                 rows[item.event.event_id] = self.row(item.event, item.topic, item.partition, item.offset)
         offsets = {(tp.topic, tp.partition): offset for tp, offset in batch.next_offsets.items()}
-        await self._with_store(self.store.write, list(rows.values()), offsets)
-
-    async def _with_store(self, call: Any, *args: Any) -> Any:
-        return await asyncio.to_thread(call, *args)
+        await asyncio.to_thread(self.store.write, list(rows.values()), offsets)
 
     def reference(self, value: str | None) -> str | None:
         mode = self.settings.analytics_reference_value
