@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import fastavro
+import httpx
 import pytest
 
 from passpost.dev import VENDOR_EXAMPLE
@@ -62,6 +63,11 @@ def test_dev_runs_the_pipeline_and_prints_a_curl_whose_postback_lands_everywhere
         assert json.loads(failing.stdout)["events"] == 1
         while "N811" not in log.read_text():
             assert time.monotonic() < deadline + 30, log.read_text()
+            time.sleep(0.3)
+        # ...and the analytics consumer has both postbacks (its metrics address is printed).
+        metrics = re.search(r"analytics \(metrics on (\S+)\)", output).group(1)  # type: ignore[union-attr]
+        while 'passpost_consumer_events_total{consumer="analytics"} 2.0' not in httpx.get(metrics).text:
+            assert time.monotonic() < deadline + 60, log.read_text()
             time.sleep(0.3)
     finally:
         process.send_signal(signal.SIGINT)
