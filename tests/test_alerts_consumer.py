@@ -121,3 +121,14 @@ def test_without_its_store_the_consumer_resumes_at_the_groups_committed_offsets(
             await fresh.close()
 
     assert asyncio.run(resume()) == {TopicPartition(settings.events_topic, 0): 3}
+
+
+def test_alert_metrics_are_on_the_runtimes_metrics(kafka_bootstrap: str, tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+
+    settings = testing.settings_for(kafka_bootstrap, alert_state_file=str(tmp_path / "state.json"))
+    testing.produce(settings, [testing.event(status_code="N811", outcome="FAILURE", serial_number="S-1")])
+    result = testing.consume(AlertsConsumer(settings), settings)
+    exposition = generate_latest(result.runner.metrics.registry).decode()
+    assert 'passpost_alerts_fired_total{severity="critical"} 1.0' in exposition
+    assert 'passpost_consumer_events_total{consumer="alerts"} 1.0' in exposition

@@ -74,10 +74,7 @@ class AlertsConsumer(Consumer):
         self._ticker: asyncio.Task[None] | None = None
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
-        """Put the alert metrics on the runtime's ``/metrics``; to be called before ``start()``.
-
-        Until the runtime calls it, they live in a registry of their own that nothing serves.
-        """
+        """Put the alert metrics on the runtime's ``/metrics`` (the runtime calls it before ``start()``)."""
         self.alerter.metrics = AlertMetrics(registry)
 
     async def start(self) -> None:

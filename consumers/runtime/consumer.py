@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import TopicPartition
+from prometheus_client import CollectorRegistry
 
 from passpost.schemas.event import PassPostback
 from passpost.settings import Settings
@@ -63,6 +64,9 @@ class Consumer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Put the consumer's own metrics on the runtime's ``/metrics``. Called before ``start``."""
 
     async def start(self) -> None:
         """Open connections. Called once before the first batch."""

@@ -103,6 +103,7 @@ class Runner:
                 loop.add_signal_handler(signum, self.stop)
                 handled.append(signum)
         try:
+            self.consumer.register_metrics(self.metrics.registry)
             await self.consumer.start()
             await start_client(self._producer, self.settings)
             await self._ensure_dead_letter_topic()
