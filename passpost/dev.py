@@ -26,7 +26,7 @@ import click
 from passpost.kafka import create_topics
 from passpost.settings import Settings
 
-VENDOR_EXAMPLE = resources.files("passpost").joinpath("examples/vendor_example.xml").read_text()
+VENDOR_EXAMPLE = resources.files("passpost").joinpath("vendor_example.xml").read_text()
 
 
 @contextlib.contextmanager

@@ -1,0 +1,32 @@
+"""The wheel the container image installs holds every module, under the `passpost` namespace."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+MAPPING = {"passpost": "passpost", "ingest": "passpost/ingest", "schemas": "passpost/schemas",
+           "consumers": "passpost/consumers"}
+
+
+def test_wheel_holds_every_module_and_data_file(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(tmp_path),
+                    str(ROOT)], check=True, capture_output=True, timeout=300)
+    [wheel] = tmp_path.glob("passpost-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {
+        f"{MAPPING[folder]}/{path.relative_to(ROOT / folder).as_posix()}"
+        for folder in MAPPING
+        for path in (ROOT / folder).rglob("*")
+        if path.suffix in {".py", ".avsc", ".xml"}
+        if "__pycache__" not in path.parts
+    }
+    assert expected - names == set()
+    assert not any(name.startswith(("ingest/", "schemas/", "consumers/")) for name in names)
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "passpost = passpost.cli:main" in text
+    assert "[passpost.consumers]" in text and "analytics" in text and "alerts" in text
