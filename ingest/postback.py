@@ -177,14 +177,15 @@ def _parser() -> etree.XMLParser:
 def parse_xml(xml: bytes) -> tuple[etree._Element, bool]:
     """Parse strictly; if that fails, try the one recovery SPEC section 1 allows."""
     failure: etree.XMLSyntaxError | None = None
-    if not _root_attributes_malformed(xml):
+    root_start = _ROOT_START.match(xml)
+    if root_start is None or _WELL_FORMED_ATTRIBUTES.fullmatch(root_start.group("attributes")):
         try:
             return _parse_strict(xml), False
         except etree.XMLSyntaxError as error:
             failure = error
     # Either the strict parse failed, or it was bound to (the vendor's own example
     # always is): a failed parse costs several times a successful one.
-    repaired = strip_root_attributes(xml)
+    repaired = _without_root_attributes(xml, root_start)
     if repaired is not None:
         try:
             return _parse_strict(repaired), True
@@ -221,19 +222,17 @@ _ROOT_START = re.compile(
 _DROPPABLE = re.compile(rb"(?:(?:xmlns(?::[\w.\-]+)?|xsi:[\w.\-]+)=(?:\"[^\"]*\"|'[^']*'))+")
 
 
-# A root start tag's attributes as XML allows them (ASCII names suffice for a shortcut:
-# anything this misses still goes through the strict parse first).
+# A root start tag's attributes as XML allows them. ASCII names suffice for a shortcut:
+# what this misses is tried with recovery first and then, if that fails, strictly.
 _WELL_FORMED_ATTRIBUTES = re.compile(rb"(?:\s+[A-Za-z_:][\w.\-:]*\s*=\s*(?:\"[^\"<]*\"|'[^'<]*'))*\s*")
-
-
-def _root_attributes_malformed(xml: bytes) -> bool:
-    match = _ROOT_START.match(xml)
-    return match is not None and not _WELL_FORMED_ATTRIBUTES.fullmatch(match.group("attributes"))
 
 
 def strip_root_attributes(xml: bytes) -> bytes | None:
     """The document with its root's attributes dropped, or None if that could lose data."""
-    match = _ROOT_START.match(xml)
+    return _without_root_attributes(xml, _ROOT_START.match(xml))
+
+
+def _without_root_attributes(xml: bytes, match: re.Match[bytes] | None) -> bytes | None:
     if match is None:
         return None
     if not _DROPPABLE.fullmatch(re.sub(rb"\s+", b"", match.group("attributes"))):
