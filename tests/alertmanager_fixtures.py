@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.live import free_port
+from tests.live import free_port, wait_until_ready
 
 BINARY = "prometheus-alertmanager"  # Debian's name for the upstream `alertmanager` binary
 
@@ -47,16 +46,7 @@ def alertmanager_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
              f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"],
             stdout=sink, stderr=sink)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"Alertmanager did not become ready:\n{log.read_text()}")
-            time.sleep(0.05)
+        wait_until_ready(f"{url}/-/ready", process, log, "Alertmanager")
         yield url
     finally:
         process.terminate()

@@ -22,6 +22,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until_ready(url: str, process: subprocess.Popen[bytes], log: Path, what: str,
+                     timeout: float = 30) -> None:
+    """Poll ``url`` until it answers 200; fail with the server's log if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not become ready:\n{log.read_text()}")
+        time.sleep(0.05)
+
+
 @dataclass
 class LiveIngress:
     process: subprocess.Popen[bytes]
@@ -38,16 +53,7 @@ def live_ingress(env: dict[str, str], log: Path, timeout: float = 30) -> Iterato
                                    env={**os.environ, **env, "PASSPOST_PORT": str(port)}, stdout=sink, stderr=sink)
     ingress = LiveIngress(process, f"http://127.0.0.1:{port}", log)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(f"{ingress.url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"passpost serve did not become ready:\n{log.read_text()}")
-            time.sleep(0.1)
+        wait_until_ready(f"{ingress.url}/readyz", process, log, "passpost serve", timeout)
         yield ingress
     finally:
         if process.poll() is None:
