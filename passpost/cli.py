@@ -66,14 +66,27 @@ def serve(host: str | None, port: int | None) -> None:
 
 @cli.command()
 def topics() -> None:
-    """Create the events and dead-letter topics (idempotent)."""
+    """Create the events and dead-letter topics (idempotent); report what each one is."""
     settings = _settings()
+    from passpost.topic_metadata import describe_topics
+
     outcome = asyncio.run(create_topics(settings))
+    # What the cluster has, not what was asked for: an existing topic keeps its own layout.
+    actual = asyncio.run(describe_topics(settings, outcome, wait_seconds=5)).topics
     for topic, state in outcome.items():
-        click.echo(
-            f"{topic}: {state} (partitions {settings.topic_partitions}, "
-            f"replication factor {settings.topic_replication_factor})"
-        )
+        info = actual.get(topic)
+        if info is None:
+            click.echo(f"{topic}: {state} (not visible in the cluster's metadata yet)")
+            continue
+        click.echo(f"{topic}: {state} (partitions {info.partitions}, replication factor {info.replication_factor})")
+        for what, has, wanted, setting in (
+                ("partitions", info.partitions, settings.topic_partitions, "TOPIC_PARTITIONS"),
+                ("replication factor", info.replication_factor, settings.topic_replication_factor,
+                 "TOPIC_REPLICATION_FACTOR")):
+            if has != wanted:
+                click.echo(f"passpost: warning: topic {topic} has {what} {has}, but "
+                           f"{settings_module.PREFIX}{setting} is {wanted} (an existing topic is left as it is)",
+                           err=True)
 
 
 @cli.command()
@@ -149,10 +162,11 @@ def report() -> None:
 
 async def _unless_unavailable(work: Any) -> Any:
     from passpost.consumers.analytics.store import StoreUnavailable
+    from passpost.consumers.runtime import CannotRun
 
     try:
         return await work
-    except StoreUnavailable as error:
+    except (StoreUnavailable, CannotRun) as error:
         raise Unavailable(str(error)) from None
 
 

@@ -5,12 +5,21 @@ creates the topics, runs the built-in consumers (analytics into DuckDB, alerts t
 log) as child processes the way production runs them, and the ingress with a generated
 token, then prints a ``curl`` that posts the vendor's own example, exactly as the vendor
 printed it.
+
+The local broker keeps its data in ``data/kafka``, beside the analytics store and the alerts
+state file (``data/``): the stores hold offsets of the broker's topic, so the broker must
+outlive a run just as they do. A broker new at each run would be another cluster whose
+topic starts again at offset 0, and the consumers rightly refuse stores of another cluster.
+Keeping the broker (rather than emptying the stores at each run) also keeps what the
+developer posted: `passpost report` after a restart still shows it. `rm -r data` starts
+everything over.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import secrets
 import shlex
@@ -20,6 +29,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from importlib import resources
+from pathlib import Path
 
 import click
 
@@ -27,6 +37,7 @@ from passpost.kafka import create_topics
 from passpost.settings import Settings
 
 VENDOR_EXAMPLE = resources.files("passpost").joinpath("vendor_example.xml").read_text()
+LOCAL_KAFKA_DIR = Path("data") / "kafka"  # relative, like the stores' default paths
 
 
 @contextlib.contextmanager
@@ -39,7 +50,7 @@ def kafka_for(settings: Settings) -> Iterator[Settings]:
 
     click.echo("Starting a local Kafka broker (the first run downloads its jars from Maven Central)...", err=True)
     try:
-        broker = LocalKafka().start()
+        broker = LocalKafka(LOCAL_KAFKA_DIR).start()
     except LocalKafkaError as error:
         raise click.ClickException(str(error)) from None
     try:
@@ -93,8 +104,23 @@ def curl_command(settings: Settings, token: str) -> str:
     )
 
 
+def ensure_port_free(host: str, port: int) -> None:
+    """Fail before starting anything when the ingress's port is taken: one line naming the setting."""
+    with socket.socket() as sock:
+        # As uvicorn binds: a port in TIME_WAIT after a previous run is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            problem = "is already in use" if error.errno == errno.EADDRINUSE else f"cannot be used ({error.strerror})"
+            raise click.ClickException(f"PASSPOST_PORT: port {port} on {host} {problem} "
+                                       "(choose another with --port or PASSPOST_PORT)") from None
+
+
 def run(settings: Settings) -> None:
     from passpost.ingest.server import run as serve
+
+    ensure_port_free(settings.host, settings.port)
 
     token = settings.ingest_tokens[0] if settings.ingest_tokens else secrets.token_urlsafe(18)
     settings = settings.replace(ingest_tokens=settings.ingest_tokens or (token,))

@@ -217,6 +217,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ingest_open", _boolean, False,
             "Run the ingress without any token (refused unless set to true)."),
     Setting("max_body_bytes", _positive_int, 1024 * 1024, "Largest request body accepted (413 above)."),
+    Setting("max_request_line_bytes", _int_at_least(256), 8 * 1024,
+            "Longest request line (method, path and query) accepted; 414 above, before credentials."),
+    Setting("max_header_bytes", _int_at_least(1024), 16 * 1024,
+            "Most bytes of request headers accepted; 431 above, before credentials and without buffering more."),
+    Setting("max_header_count", _positive_int, 100, "Most request headers accepted; 431 above."),
+    Setting("header_timeout_seconds", _seconds, 10.0,
+            "Time a client has to send the request line and headers; then 408 and the connection is closed."),
+    Setting("body_timeout_seconds", _seconds, 30.0,
+            "Time a client has to send the body once its headers are in; then 408 and the connection is closed."),
+    Setting("max_connections", _positive_int, 256,
+            "Most open client connections; one more is answered 503 and closed (each may hold a body in memory)."),
     Setting("produce_timeout_seconds", _seconds, 5.0,
             "How long a request waits for Kafka to confirm before answering 503 (the vendor gives up after 10 s)."),
     Setting("retry_after_seconds", _positive_int, 30, "The `Retry-After` value sent with a 503."),
@@ -229,6 +240,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Most bytes fetched for one batch (bounds a consumer's memory whatever the backlog)."),
     Setting("consumer_retry_max_seconds", _seconds, 30.0,
             "Longest wait between retries of a batch the sink refused (the wait doubles from 0.1 s up to this)."),
+    Setting("consumer_stall_seconds", _seconds, 60.0,
+            "A consumer whose sink has refused batches for longer than this answers `/readyz` with 503 (stalled)."),
     Setting("analytics_dsn", _analytics_dsn, "duckdb:///data/analytics.duckdb",
             "Analytics store: `duckdb:///path` (relative to the working directory) or `postgresql://...`."),
     Setting("analytics_reference_value", _choice("hash", "keep", "drop"), "hash",
@@ -281,6 +294,12 @@ class Settings:
     ingest_tokens: tuple[str, ...] = dataclasses.field(repr=False)
     ingest_open: bool
     max_body_bytes: int
+    max_request_line_bytes: int
+    max_header_bytes: int
+    max_header_count: int
+    header_timeout_seconds: float
+    body_timeout_seconds: float
+    max_connections: int
     produce_timeout_seconds: float
     retry_after_seconds: int
     shutdown_timeout_seconds: float
@@ -289,6 +308,7 @@ class Settings:
     consumer_batch_size: int
     consumer_batch_max_bytes: int
     consumer_retry_max_seconds: float
+    consumer_stall_seconds: float
     analytics_dsn: str
     analytics_reference_value: str
     analytics_hash_key: str | None = dataclasses.field(repr=False)

@@ -27,15 +27,16 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from passpost.consumers.runtime import Batch, Consumer, group_id
+from passpost.consumers.runtime import Batch, CannotRun, Consumer, group_id, identity
 from passpost.kafka import client_options
 from passpost.settings import Settings
+from passpost.topic_metadata import TopicIdentity
 
 from .engine import Alerter, AlertMetrics
 from .grouping import Grouper
 from .rules import describe, load_rules
 from .sinks import AlertmanagerSink, Backoff, DeliveryError, LogSink, Sink, WebhookSink
-from .store import StateStore
+from .store import StateStore, StateStoreError
 
 log = logging.getLogger("passpost.alerts")
 
@@ -70,7 +71,8 @@ class AlertsConsumer(Consumer):
         rules = load_rules(settings.alert_rules_file)
         grouper = Grouper(rules, repeat_seconds=settings.alert_repeat_seconds,
                           resolve_after_seconds=settings.alert_resolve_after_seconds)
-        self.alerter = Alerter(grouper, build_sinks(settings), store=StateStore(settings.alert_state_file))
+        self.state = StateStore(settings.alert_state_file)
+        self.alerter = Alerter(grouper, build_sinks(settings), store=self.state)
         self._ticker: asyncio.Task[None] | None = None
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
@@ -78,7 +80,11 @@ class AlertsConsumer(Consumer):
         self.alerter.metrics = AlertMetrics(registry)
 
     async def start(self) -> None:
-        self.alerter.restore()
+        try:
+            self.state.check_writable()
+            self.alerter.restore()
+        except StateStoreError as error:
+            raise CannotRun(str(error)) from None
         log.info("alerts: sinks %s; rules: %s", ", ".join(sink.name for sink in self.alerter.sinks),
                  "; ".join(describe(self.alerter.grouper.rules.rules)))
         self._ticker = asyncio.create_task(self._tick_forever(), name="alerts-tick")
@@ -94,6 +100,15 @@ class AlertsConsumer(Consumer):
 
     async def write(self, batch: Batch) -> None:
         await self.alerter.handle(batch.events, {_key(tp): offset for tp, offset in batch.next_offsets.items()})
+
+    async def check_topic(self, topic: str, current: TopicIdentity) -> None:
+        holds_offsets = any(key.rpartition(":")[0] == topic for key in self.alerter.offsets)
+        identity.check(topic, self.alerter.topics.get(topic), current, holds_offsets=holds_offsets,
+                       store=f"the alerts state file {self.state.path} (PASSPOST_ALERT_STATE_FILE)",
+                       start_over="delete it to start over (its open alerts are forgotten, and the consumer "
+                                  "resumes at the group's committed offsets, else at the topic's start)")
+        # Saved with the next step, together with the offsets it vouches for.
+        self.alerter.topics[topic] = current.key()
 
     async def load_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         stored = {tp: self.alerter.offsets[_key(tp)] for tp in partitions if _key(tp) in self.alerter.offsets}

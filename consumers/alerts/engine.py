@@ -61,6 +61,8 @@ class Alerter:
         self.clock = clock
         # Kafka position the state covers, "topic:partition" -> next offset, saved with it.
         self.offsets: dict[str, int] = {}
+        # topic -> the TopicIdentity key those offsets were read from, saved with them.
+        self.topics: dict[str, str] = {}
         # write() and the once-a-second tick() must not interleave their transactions.
         self._lock = asyncio.Lock()
 
@@ -72,6 +74,7 @@ class Alerter:
         if saved is not None:
             self.grouper.load_state(saved["grouper"])
             self.offsets = dict(saved["offsets"])
+            self.topics = dict(saved.get("topics", {}))
 
     async def handle(self, events: Sequence[PassPostback], offsets: Mapping[str, int] | None = None) -> int:
         """Apply a batch of events; returns how many notifications went out."""
@@ -97,7 +100,7 @@ class Alerter:
             self.grouper = trial
             self.offsets.update(offsets)
             if self.store is not None:
-                self.store.save({"grouper": trial.to_state(), "offsets": self.offsets})
+                self.store.save({"grouper": trial.to_state(), "offsets": self.offsets, "topics": self.topics})
             return len(notifications)
 
     async def _deliver(self, notifications: list[Notification]) -> None:

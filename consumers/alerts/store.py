@@ -42,6 +42,17 @@ class StateStore:
             raise StateStoreError(f"{self.path}: unknown alerts state format (expected version {FORMAT_VERSION})")
         return document["state"]
 
+    def check_writable(self) -> None:
+        """Create the folder and a file in it now, so a read-only one fails at start, not at every batch."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(prefix=self.path.name + ".", suffix=".probe", dir=self.path.parent):
+                pass
+        except OSError as error:
+            raise StateStoreError(f"PASSPOST_ALERT_STATE_FILE: cannot write in {self.path.parent} "
+                                  f"({error.strerror or error}); the alerts state file needs a writable folder "
+                                  "(a volume in a container)") from None
+
     def save(self, state: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         body = json.dumps({"version": FORMAT_VERSION, "state": state}, separators=(",", ":"))

@@ -23,9 +23,10 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from passpost.consumers.analytics.store import Store, extra_json, open_store
-from passpost.consumers.runtime import Batch, Consumer
+from passpost.consumers.runtime import Batch, Consumer, identity
 from passpost.schemas.event import PassPostback
 from passpost.settings import Settings
+from passpost.topic_metadata import TopicIdentity
 
 __all__ = ["AnalyticsConsumer"]
 
@@ -46,6 +47,18 @@ class AnalyticsConsumer(Consumer):
         await asyncio.to_thread(self.store.ensure_schema)
         if self.settings.analytics_reference_value == "hash":
             self._key = await asyncio.to_thread(self.store.hash_key, self.settings.analytics_hash_key)
+
+    async def check_topic(self, topic: str, current: TopicIdentity) -> None:
+        assert self.store is not None
+        await asyncio.to_thread(self._check_topic, self.store, topic, current)
+
+    @staticmethod
+    def _check_topic(store: Store, topic: str, current: TopicIdentity) -> None:
+        # The DSN is not named: it may hold a password.
+        identity.check(topic, store.topic_identity(topic), current, holds_offsets=bool(store.load_offsets(topic)),
+                       store="the analytics store (PASSPOST_ANALYTICS_DSN)",
+                       start_over="`passpost rebuild analytics` empties it and reads the topic again from its start")
+        store.set_topic_identity(topic, current.key())
 
     async def load_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         assert self.store is not None

@@ -10,7 +10,8 @@ Schema (both stores):
   ``generated_at`` (when the vendor made the pass), falling back to ``received_at`` when
   the TIMESTAMP had no offset and ``generated_at`` is null.
 - ``passpost_offsets(kafka_topic, kafka_partition, next_offset)``: what the store has consumed.
-- ``passpost_meta(name, value)``: the generated hash key (kept across `passpost rebuild`).
+- ``passpost_meta(name, value)``: the generated hash key (kept across `passpost rebuild`), and
+  per topic (``topic_identity:<topic>``) the cluster and topic id its stored offsets were read from.
 """
 
 from __future__ import annotations
@@ -96,6 +97,14 @@ class Store:
                              f"{self.param}", [topic])
         return {int(partition): int(offset) for partition, offset in rows}
 
+    def topic_identity(self, topic: str) -> str | None:
+        rows = self._execute(f"SELECT value FROM passpost_meta WHERE name = {self.param}", [_identity_name(topic)])
+        return str(rows[0][0]) if rows else None
+
+    def set_topic_identity(self, topic: str, key: str) -> None:
+        self._execute(f"INSERT INTO passpost_meta VALUES ({self.param}, {self.param}) ON CONFLICT (name) "
+                      f"DO UPDATE SET value = excluded.value", [_identity_name(topic), key])
+
     def count(self) -> int:
         return int(self._execute("SELECT count(*) FROM pass_postbacks")[0][0])
 
@@ -137,7 +146,11 @@ class DuckDBStore(Store):
 
         self._duckdb = duckdb
         directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as error:
+            raise StoreUnavailable(f"PASSPOST_ANALYTICS_DSN: cannot create the folder {directory} of DuckDB file "
+                                   f"{path}: {error.strerror or error}") from None
         try:
             self.connection = duckdb.connect(path, read_only=read_only)
         except duckdb.Error as error:
@@ -242,6 +255,10 @@ def open_store(dsn: str, *, read_only: bool = False) -> Store:
     if dsn.startswith("duckdb:///"):
         return DuckDBStore(dsn.removeprefix("duckdb:///"), read_only=read_only)
     return PostgresStore(dsn)
+
+
+def _identity_name(topic: str) -> str:
+    return f"topic_identity:{topic}"
 
 
 def extra_json(extra: dict[str, str]) -> str:

@@ -14,6 +14,9 @@ The contract, which is all a consumer author needs to know:
   write ``batch.next_offsets`` in the same transaction as the rows, and implement
   ``load_offsets``: on every assignment the runtime seeks to what the sink stored (a
   partition the sink has never seen starts at the beginning). That is exactly once.
+  Such sinks also implement ``check_topic``: offsets are only valid for the topic they were
+  read from, so the sink keeps the topic's identity (cluster id and topic id) with them and
+  refuses to start on another (``identity.check`` does the comparison).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from passpost.schemas.event import PassPostback
 from passpost.settings import Settings
+from passpost.topic_metadata import TopicIdentity
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +81,10 @@ class Consumer:
     def validate(self, event: PassPostback) -> str | None:
         """A reason to dead-letter ``event`` instead of writing it, or None."""
         return None
+
+    async def check_topic(self, topic: str, identity: TopicIdentity) -> None:
+        """For ``stores_offsets`` sinks, called before ``load_offsets``: raise ``identity.ForeignOffsets``
+        if the offsets stored for ``topic`` were read from another identity, else keep ``identity`` with them."""
 
     async def load_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         """For ``stores_offsets`` sinks: the next offset to read of each partition the sink knows."""

@@ -33,15 +33,28 @@ class ConsumerMetrics:
                                registry=self.registry).labels(consumer)
         self._dead_letters = Counter("passpost_consumer_dead_letters", "Records sent to the consumer's dead-letter topic.",
                                      ["consumer", "reason"], registry=self.registry)
+        self._seconds_since_commit = Gauge(
+            "passpost_consumer_seconds_since_commit",
+            "Seconds since the consumer last committed a batch (since it started or was assigned, before its first).",
+            labels, registry=self.registry)
+        self._ready = Gauge("passpost_consumer_ready", "1 while /readyz answers 200, else 0.", labels,
+                            registry=self.registry)
         self.consumer = consumer
+
+    def track(self, seconds_since_commit: Callable[[], float], not_ready: Callable[[], str | None]) -> None:
+        """Both gauges are computed when scraped: a stalled loop cannot leave them stale."""
+        self._seconds_since_commit.labels(self.consumer).set_function(seconds_since_commit)
+        self._ready.labels(self.consumer).set_function(lambda: 0.0 if not_ready() else 1.0)
 
     def dead_letter(self, reason: str) -> None:
         self._dead_letters.labels(self.consumer, reason).inc()
 
 
 async def serve_health(
-    host: str, port: int, metrics: ConsumerMetrics, ready: Callable[[], bool]
+    host: str, port: int, metrics: ConsumerMetrics, not_ready: Callable[[], str | None]
 ) -> asyncio.Server:
+    """``not_ready()`` is None when ready, else the reason /readyz gives with its 503."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(Exception):
             request = await asyncio.wait_for(reader.readline(), 5)
@@ -55,9 +68,9 @@ async def serve_health(
             elif path == "/healthz":
                 status, ctype, body = "200 OK", "text/plain", b"ok\n"
             elif path == "/readyz":
-                ok = ready()
-                status = "200 OK" if ok else "503 Service Unavailable"
-                ctype, body = "text/plain", b"ready\n" if ok else b"not ready\n"
+                reason = not_ready()
+                status = "503 Service Unavailable" if reason else "200 OK"
+                ctype, body = "text/plain", f"not ready: {reason}\n".encode() if reason else b"ready\n"
             else:
                 status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
             writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"

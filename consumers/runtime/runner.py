@@ -6,12 +6,17 @@ same batch with capped exponential backoff and commits nothing. A rebalance wait
 the in-flight batch to finish (or drops it, if the sink is failing: the records are then
 redelivered to whoever gets the partition). SIGTERM stops fetching, finishes the batch,
 commits and leaves the group.
+
+A consumer is never silently idle: /readyz answers 503 with the reason while its topic
+does not exist yet, while it has no partitions, and while its sink has refused batches for
+longer than ``PASSPOST_CONSUMER_STALL_SECONDS``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import time
@@ -22,8 +27,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from passpost.consumers.runtime.consumer import Batch, Consumer, Item
+from passpost.consumers.runtime.errors import CannotRun
 from passpost.consumers.runtime.health import ConsumerMetrics, serve_health
 from passpost.kafka import KafkaUnavailable, client_options, create_topics, describe, start_client
+from passpost.topic_metadata import TopicIdsUnsupported, TopicMetadata
 from passpost.schemas.codec import DecodeError, decode
 from passpost.settings import Settings
 
@@ -31,6 +38,8 @@ log = logging.getLogger("passpost.consumer")
 
 ENTRY_POINT_GROUP = "passpost.consumers"
 FIRST_RETRY_SECONDS = 0.1
+# How often a consumer started before its topic asks whether the topic exists now.
+TOPIC_POLL_SECONDS = 1.0
 
 
 class UnknownConsumer(LookupError):
@@ -76,7 +85,12 @@ class Runner:
         self._revoking = False
         self._generation = 0  # counts rebalances, so a fetch that straddled one is not used
         self._pending: asyncio.Task[None] | None = None  # the batch being written
-        self._ready = False
+        self._waiting: str | None = "starting"  # why it is not consuming yet, or None once subscribed
+        # Partitions whose start positions are applied: only their records reach the sink.
+        self._applied: set[TopicPartition] = set()
+        self._refused_since: float | None = None  # first refusal of a batch not yet committed
+        self._last_commit = time.monotonic()  # or the start, or the assignment, before the first commit
+        self._committed_once = False
         self.written: dict[TopicPartition, int] = {}  # next offset per partition, for lag
         self._kafka: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -93,8 +107,7 @@ class Runner:
             max_poll_records=self.settings.consumer_batch_size,
         )
         self._producer = AIOKafkaProducer(**options, acks="all", enable_idempotence=True)
-        server = await serve_health(self.settings.host, self.health_port, self.metrics,
-                                    lambda: self._ready and not self.stopping.is_set())
+        server = await self._serve_health()
         self.health_port = server.sockets[0].getsockname()[1]  # the real one when asked for port 0
         loop = asyncio.get_running_loop()
         handled: list[int] = []
@@ -107,14 +120,16 @@ class Runner:
             await self.consumer.start()
             await start_client(self._producer, self.settings)
             await self._ensure_dead_letter_topic()
+            if not await self._wait_for_topic():
+                return
             await start_client(self._kafka, self.settings)
             self._kafka.subscribe([self.topic], listener=_Listener(self))
-            self._ready = True
+            self._waiting = None
             log.info("consumer %s started: group %s, topic %s", self.name, group_id(self.settings, self.name),
                      self.topic)
             await self._loop(until)
         finally:
-            self._ready = False
+            self._waiting = "stopping"
             for signum in handled:
                 loop.remove_signal_handler(signum)
             # Leaving the group lets the others take the partitions at once, not after a timeout.
@@ -125,6 +140,64 @@ class Runner:
             await self.consumer.close()
             server.close()
             log.info("consumer %s stopped", self.name)
+
+    async def _serve_health(self) -> asyncio.Server:
+        self.metrics.track(lambda: time.monotonic() - self._last_commit, self.not_ready)
+        try:
+            return await serve_health(self.settings.host, self.health_port, self.metrics, self.not_ready)
+        except OSError as error:
+            where = f"{self.settings.host}:{self.health_port}"
+            if error.errno == errno.EADDRINUSE:
+                raise CannotRun(f"PASSPOST_CONSUMER_PORT: port {self.health_port} is already in use "
+                                f"({where}, for /readyz and /metrics)") from None
+            raise CannotRun(f"PASSPOST_CONSUMER_PORT: cannot listen on {where} "
+                            f"(PASSPOST_HOST is the address): {error.strerror or error}") from None
+
+    def not_ready(self) -> str | None:
+        """Why /readyz answers 503, or None when it answers 200."""
+        if self.stopping.is_set():
+            return "stopping"
+        if self._waiting is not None:
+            return self._waiting
+        if not self._applied:
+            return f"no partition of topic {self.topic} is assigned to it"
+        if self._refused_since is not None:
+            refused_for = time.monotonic() - self._refused_since
+            if refused_for > self.settings.consumer_stall_seconds:
+                return (f"its sink has refused batches for {refused_for:.0f} s "
+                        f"(PASSPOST_CONSUMER_STALL_SECONDS is {self.settings.consumer_stall_seconds:g})")
+        return None
+
+    async def _wait_for_topic(self) -> bool:
+        """Wait until the topic exists, then hand the sink its identity; False if stopped meanwhile.
+
+        Subscribed to a topic that does not exist yet, aiokafka would only see it at its next
+        metadata refresh (every 5 minutes): asking every second and subscribing once it is
+        there gets the partitions assigned within seconds of the topic's creation.
+        """
+        waiting = f"topic {self.topic} does not exist yet"
+        async with TopicMetadata(self.settings) as metadata:
+            while not self.stopping.is_set():
+                try:
+                    identity = (await metadata.describe([self.topic])).identity(self.topic)
+                except TopicIdsUnsupported:
+                    raise
+                except KafkaUnavailable as error:  # a broker restarting: ask again
+                    log.warning("consumer %s: %s", self.name, error)
+                    identity = None
+                if identity is not None:
+                    break
+                if self._waiting != waiting:
+                    self._waiting = waiting
+                    log.warning("consumer %s: waiting for topic %s to be created", self.name, self.topic)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), TOPIC_POLL_SECONDS)
+            else:
+                return False
+        if self.consumer.stores_offsets:
+            # Before any stored offset is used: those of another incarnation of the topic stop it here.
+            await self.consumer.check_topic(self.topic, identity)
+        return True
 
     async def _ensure_dead_letter_topic(self) -> None:
         try:
@@ -150,8 +223,10 @@ class Runner:
                     assigned = self._kafka.assignment()
                     # After such a rebalance positions were reset (to the committed or the sink's
                     # offsets): these records may lie beyond a dropped batch, and are fetched again.
+                    # Records of a partition whose start position is not applied yet were fetched
+                    # from wherever aiokafka started it; on_assigned seeks back and they come again.
                     fetched = {} if generation != self._generation else {
-                        tp: batch for tp, batch in records.items() if tp in assigned and batch}
+                        tp: batch for tp, batch in records.items() if tp in self._applied and batch}
                     if fetched:
                         await self._pipeline(fetched)
                     else:
@@ -207,6 +282,9 @@ class Runner:
     async def _finish(self, batch: Batch, started: float) -> None:
         await self._write(batch)
         await self._commit(batch.next_offsets)
+        self._refused_since = None
+        self._last_commit = time.monotonic()
+        self._committed_once = True
         self.written.update(batch.next_offsets)
         self._update_lag(batch.next_offsets)
         self.metrics.events.inc(len(batch))
@@ -220,6 +298,7 @@ class Runner:
                 await self.consumer.write(batch)
                 return
             except Exception as error:  # noqa: BLE001 (any sink error: the batch is retried, never skipped)
+                self._refused()
                 if self.stopping.is_set() or self._revoking:
                     log.warning("consumer %s: dropping a batch of %d the sink refused (%s); it is not committed "
                                 "and will be read again", self.name, len(batch), describe(error))
@@ -230,6 +309,10 @@ class Runner:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), delay)
                 delay = min(delay * 2, self.settings.consumer_retry_max_seconds)
+
+    def _refused(self) -> None:
+        if self._refused_since is None:
+            self._refused_since = time.monotonic()
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assert self._kafka is not None
@@ -253,6 +336,7 @@ class Runner:
                 await self._producer.send_and_wait(self.dlq_topic, record.value, key=record.key, headers=headers)
                 break
             except KafkaError as failure:
+                self._refused()
                 if self.stopping.is_set() or self._revoking:
                     raise _Stopped from None
                 log.warning("consumer %s: dead letter not kept (%s); retrying", self.name, describe(failure))
@@ -280,6 +364,7 @@ class Runner:
                 await self._settle()
                 self._generation += 1
                 for tp in revoked:
+                    self._applied.discard(tp)
                     self.written.pop(tp, None)
                     with contextlib.suppress(KeyError):
                         self.metrics.lag.remove(self.name, tp.topic, str(tp.partition))
@@ -287,27 +372,41 @@ class Runner:
             self._revoking = False
 
     async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        self._generation += 1
-        if not assigned:
-            return
+        # aiokafka fetches newly assigned partitions from their committed offsets while this
+        # runs; holding the lock (and counting the generation only once every position is set)
+        # keeps any such record from the sink until the loop fetches it again from here.
+        async with self._in_flight:
+            starts = await self._start_offsets(sorted(assigned)) if assigned else {}
+            assert self._kafka is not None
+            for tp, offset in starts.items():
+                self._kafka.seek(tp, offset)
+            self.written.update(starts)
+            self._applied = set(assigned)
+            self._generation += 1
+            self._refused_since = None  # a batch dropped at the revocation is read again from here
+            if not self._committed_once:
+                self._last_commit = time.monotonic()
+        if assigned:
+            log.info("consumer %s: resuming %s", self.name,
+                     ", ".join(f"{tp.partition}@{offset}" for tp, offset in sorted(starts.items())))
+
+    async def _start_offsets(self, assigned: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Where each partition starts: the sink's stored offset (sinks that store them), else the
+        group's committed offset (the others), else the partition's beginning."""
         assert self._kafka is not None
-        if not self.consumer.stores_offsets:
+        if self.consumer.stores_offsets:
+            # The sink is the truth: a partition it has never seen starts at the beginning
+            # (also after `passpost rebuild`, whatever the group committed).
+            known = await self.consumer.load_offsets(assigned)
+        else:
+            known = {}
             for tp in assigned:
                 committed = await self._kafka.committed(tp)
                 if committed is not None:
-                    self.written[tp] = committed
-            return
-        stored = await self.consumer.load_offsets(list(assigned))
-        fresh = [tp for tp in assigned if tp not in stored]
-        for tp, offset in stored.items():
-            self._kafka.seek(tp, offset)
-            self.written[tp] = offset
-        if fresh:
-            # The sink is the truth: a partition it has never seen starts at the beginning
-            # (also after `passpost rebuild`, whatever the group committed).
-            await self._kafka.seek_to_beginning(*fresh)
-        log.info("consumer %s: resuming %s", self.name,
-                 ", ".join(f"{tp.partition}@{stored.get(tp, 'start')}" for tp in sorted(assigned)))
+                    known[tp] = committed
+        fresh = [tp for tp in assigned if tp not in known]
+        beginning = await self._kafka.beginning_offsets(fresh) if fresh else {}
+        return {**beginning, **known}
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
