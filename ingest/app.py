@@ -5,8 +5,13 @@
 * 200 once Kafka confirmed an event for every item of the request;
 * 400 / 422 for a body that is not a postback, after writing it to the dead-letter topic;
 * 401 without a valid token, 413 above the body limit: nothing is written;
+* 413 ``event_too_large`` when its events would exceed what one request may make
+  (``OutputBudget``) or what Kafka takes: a permanent refusal, body dead-lettered;
 * 503 with ``Retry-After`` when Kafka did not confirm in time: nothing is acknowledged,
   so the sender retries.
+
+Limits on the connection itself (request line, headers, timeouts, connection count) are
+enforced before any of this, in ``passpost.ingest.connection``.
 
 ``GET /healthz`` (alive), ``GET /readyz`` (producer connected, not shutting down) and
 ``GET /metrics`` (Prometheus) serve the platform.
@@ -28,11 +33,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from passpost.ingest.auth import TokenCheck
+from passpost.ingest.connection import TIMED_OUT, Refusal
 from passpost.ingest.metrics import IngestMetrics
 from passpost.ingest.middleware import RequestContext
-from passpost.ingest.postback import Rejected, extract_xml, parse_xml, postbacks_in
-from passpost.ingest.publisher import Publisher, event_records
-from passpost.kafka import KafkaUnavailable
+from passpost.ingest.postback import OutputBudget, Rejected, extract_xml, parse_xml, postbacks_in
+from passpost.ingest.publisher import EventTooLarge, Publisher, Record, bounded_records
+from passpost.kafka import KafkaUnavailable, max_record_bytes
 from passpost.settings import Settings
 
 log = logging.getLogger("passpost.ingest")
@@ -69,29 +75,43 @@ class Ingress:
         except BodyTooLarge:
             return error(413, "body_too_large", f"The body exceeds {self.settings.max_body_bytes} bytes.")
         except ClientDisconnect:
+            timed_out: Refusal | None = request.scope.get(TIMED_OUT)
+            if timed_out is not None:  # answered by the connection already; this is for the log
+                return error(timed_out.status, timed_out.code, timed_out.detail)
             return error(400, "client_disconnected", "The client went away before sending the whole body.")
         received_at = datetime.now(timezone.utc)
         request_id: str = request.state.request_id
         content_type = request.headers.get("content-type", "")
         try:
-            root, recovered = parse_xml(extract_xml(body, content_type))
-            if recovered:
-                self.metrics.recoveries.inc()
-            postbacks = postbacks_in(root)
+            records, events = self._records_of(body, content_type, received_at, request_id)
         except Rejected as rejected:
             return await self._dead_letter(body, rejected, received_at, content_type, request_id)
-
-        events = [postback.to_event(received_at) for postback in postbacks]
         try:
-            await self.publisher.publish(
-                self.settings.events_topic, event_records(events, [("request_id", request_id.encode())])
-            )
+            await self.publisher.publish(self.settings.events_topic, records)
         except KafkaUnavailable as unavailable:
             return self._unavailable(unavailable)
-        for event in events:
-            self.metrics.events.labels(event.outcome.value).inc()
+        except EventTooLarge as too_large:
+            rejected = Rejected(413, "event_too_large", f"Kafka refused an event of this request as too large: "
+                                                        f"{too_large}")
+            return await self._dead_letter(body, rejected, received_at, content_type, request_id)
+        for event_id, outcome in events:
+            self.metrics.events.labels(outcome).inc()
         request.state.log_fields = {"events": len(events)}
-        return JSONResponse({"events": len(events), "event_ids": [event.event_id for event in events]})
+        return JSONResponse({"events": len(events), "event_ids": [event_id for event_id, _ in events]})
+
+    def _records_of(self, body: bytes, content_type: str, received_at: datetime,
+                    request_id: str) -> tuple[list[Record], list[tuple[str, str]]]:
+        """The request's records for Kafka and ``(event id, outcome)`` of each event; raises
+        ``Rejected``. The XML tree and the event objects end here, before the request waits
+        on Kafka: a waiting request holds only its body and its encoded records."""
+        budget = OutputBudget(len(body), self.settings.max_items)
+        root, recovered = parse_xml(extract_xml(body, content_type))
+        if recovered:
+            self.metrics.recoveries.inc()
+        events = [postback.to_event(received_at) for postback in postbacks_in(root, budget)]
+        records = bounded_records(events, [("request_id", request_id.encode())], budget,
+                                  max_record_bytes(self.settings))
+        return records, [(event.event_id, event.outcome.value) for event in events]
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes

@@ -43,7 +43,10 @@ def presented_tokens(request: Request) -> list[bytes]:
     tokens: list[bytes] = []
     query = request.scope.get("query_string", b"")
     if b"token=" in query:
-        tokens.extend(value.encode("latin-1") for key, value in parse_qsl(query.decode("latin-1")) if key == "token")
+        # Percent-escapes decoded as Latin-1 map each byte to one character and back, so any
+        # bytes a client escapes (%FF, UTF-8 of any character) reach the comparison as sent.
+        tokens.extend(value.encode("latin-1") for key, value in parse_qsl(query.decode("latin-1"), encoding="latin-1")
+                      if key == "token")
     for authorization in request.headers.getlist("authorization"):
         scheme, _, credentials = authorization.strip().partition(" ")
         scheme = scheme.lower()

@@ -48,6 +48,10 @@ class IngestMetrics:
             "passpost_dead_letters", "Request bodies written to the dead-letter topic, by reason.",
             ["reason"], registry=r,
         )
+        self.refusals = Counter(
+            "passpost_http_refusals", "Requests or connections refused before the app: limits, timeouts, bad HTTP.",
+            ["reason"], registry=r,
+        )
         self.recoveries = Counter(
             "passpost_xml_recoveries", "Bodies accepted only after dropping a malformed root start tag.",
             registry=r,

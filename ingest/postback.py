@@ -105,16 +105,64 @@ class Postback:
         )
 
 
+class OutputBudget:
+    """What one request may make: ``BODY_FACTOR`` times its body plus ``PER_ITEM`` per item.
+
+    Elements of an enclosing ``POSTBACK`` are copied into every item inside it, and a
+    deeply nested element's path is repeated in every leaf's key, so a small body can
+    describe huge events. The budget is spent while the items are read (in characters),
+    so such a body is refused before it is built, and the encoded events are held to
+    it again in bytes (``check_encoded``). Over it: 413 ``event_too_large``.
+    """
+
+    BODY_FACTOR = 2
+    PER_ITEM = 1024
+
+    __slots__ = ("body_bytes", "items", "max_items", "spent")
+
+    def __init__(self, body_bytes: int, max_items: int = 1000) -> None:
+        self.body_bytes = body_bytes
+        # Each item costs the producer a record, a future and a callback however small it is.
+        self.max_items = max_items
+        self.items = 0
+        self.spent = 0
+
+    @property
+    def allowed(self) -> int:
+        return self.BODY_FACTOR * self.body_bytes + self.PER_ITEM * self.items
+
+    def item(self) -> None:
+        self.items += 1
+        if self.items > self.max_items:
+            raise Rejected(413, "too_many_items", f"The request holds more than {self.max_items} postbacks.")
+
+    def spend(self, amount: int) -> None:
+        self.spent += amount
+        if self.spent > self.allowed:
+            raise self.exceeded()
+
+    def check_encoded(self, encoded_bytes: int) -> None:
+        if encoded_bytes > self.allowed:
+            raise self.exceeded()
+
+    def exceeded(self) -> Rejected:
+        return Rejected(
+            413, "event_too_large",
+            f"The events of this request would exceed {self.allowed} bytes ({self.BODY_FACTOR} x the body "
+            f"+ {self.PER_ITEM} per item); nested or inherited elements make them too large.",
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedRequest:
     postbacks: list[Postback]
     recovered: bool
 
 
-def read_postbacks(body: bytes, content_type: str | None) -> ParsedRequest:
+def read_postbacks(body: bytes, content_type: str | None, budget: OutputBudget | None = None) -> ParsedRequest:
     xml = extract_xml(body, content_type or "")
     root, recovered = parse_xml(xml)
-    return ParsedRequest(postbacks=postbacks_in(root), recovered=recovered)
+    return ParsedRequest(postbacks=postbacks_in(root, budget or OutputBudget(len(body))), recovered=recovered)
 
 
 # --- the body -------------------------------------------------------------------------
@@ -250,41 +298,45 @@ def _name(element: etree._Element) -> str:
 
 @dataclass(slots=True)
 class _Level:
-    """What one element says about the items inside it."""
+    """What one element says about the items inside it, and its size in characters."""
 
     fields: dict[str, str | None]
     extra: dict[str, str]
+    size: int = 0
 
 
-def postbacks_in(root: etree._Element) -> list[Postback]:
+def postbacks_in(root: etree._Element, budget: OutputBudget) -> list[Postback]:
     name = _name(root)
     if name == "POSTBACK":
-        return _from_postback(root, _Level({}, {}), 1)
+        return _from_postback(root, _Level({}, {}), 1, budget)
     postbacks = [child for child in root if _name(child) == "POSTBACK"]
     if not postbacks:
         raise Rejected(422, "not_a_postback", f"The root element is <{name[:64]}>, not <POSTBACK>.")
-    wrapper = _read_level(root, skip="POSTBACK")
+    wrapper = _read_level(root, budget, skip="POSTBACK")
     items: list[Postback] = []
     for postback in postbacks:
-        items.extend(_from_postback(postback, wrapper, len(items) + 1))
+        items.extend(_from_postback(postback, wrapper, len(items) + 1, budget))
     return items
 
 
-def _from_postback(postback: etree._Element, outer: _Level, first_number: int) -> list[Postback]:
+def _from_postback(postback: etree._Element, outer: _Level, first_number: int, budget: OutputBudget) -> list[Postback]:
     notifications = [child for child in postback if _name(child) == "NOTIFICATION"]
     if not notifications:
-        return [_validate(_merge(outer, _read_level(postback)), first_number)]
-    shared = _merge(outer, _read_level(postback, skip="NOTIFICATION"))
-    return [
-        _validate(_merge(shared, _read_level(notification)), first_number + index)
-        for index, notification in enumerate(notifications)
-    ]
+        budget.item()
+        return [_validate(_merge(outer, _read_level(postback, budget), budget), first_number)]
+    shared = _merge(outer, _read_level(postback, budget, skip="NOTIFICATION"), budget)
+    items = []
+    for index, notification in enumerate(notifications):
+        budget.item()
+        items.append(_validate(_merge(shared, _read_level(notification, budget), budget), first_number + index))
+    return items
 
 
-def _read_level(element: etree._Element, skip: str | None = None) -> _Level:
+def _read_level(element: etree._Element, budget: OutputBudget, skip: str | None = None) -> _Level:
     fields: dict[str, str | None] = {}
     extra: dict[str, str] = {}
-    _read_attributes(element, "", extra)
+    spent = budget.spent
+    _read_attributes(element, "", extra, budget)
     seen: dict[str, int] = {}
     for child in element:
         name = _name(child)
@@ -293,37 +345,45 @@ def _read_level(element: etree._Element, skip: str | None = None) -> _Level:
         seen[name] = count = seen.get(name, 0) + 1
         field = KNOWN_ELEMENTS.get(name)
         if field is not None and count == 1 and len(child) == 0:
-            fields[field] = (child.text or "").strip() or None
-            _read_attributes(child, name + "/", extra)
+            fields[field] = value = (child.text or "").strip() or None
+            if value is not None:
+                budget.spend(len(value))
+            _read_attributes(child, name + "/", extra, budget)
         else:
-            _flatten(child, name if count == 1 else f"{name}[{count}]", extra)
-    return _Level(fields, extra)
+            _flatten(child, name if count == 1 else f"{name}[{count}]", extra, budget)
+    return _Level(fields, extra, budget.spent - spent)
 
 
-def _flatten(element: etree._Element, path: str, extra: dict[str, str]) -> None:
-    _read_attributes(element, path + "/", extra)
+def _flatten(element: etree._Element, path: str, extra: dict[str, str], budget: OutputBudget) -> None:
+    _read_attributes(element, path + "/", extra, budget)
     if len(element) == 0:
-        extra[path] = (element.text or "").strip()
+        extra[path] = text = (element.text or "").strip()
+        budget.spend(len(path) + len(text))
         return
     text = (element.text or "").strip()
     if text:
         extra[path] = text
+        budget.spend(len(path) + len(text))
     seen: dict[str, int] = {}
     for child in element:
         name = _name(child)
         seen[name] = count = seen.get(name, 0) + 1
-        _flatten(child, f"{path}/{name}" if count == 1 else f"{path}/{name}[{count}]", extra)
+        _flatten(child, f"{path}/{name}" if count == 1 else f"{path}/{name}[{count}]", extra, budget)
 
 
-def _read_attributes(element: etree._Element, prefix: str, extra: dict[str, str]) -> None:
+def _read_attributes(element: etree._Element, prefix: str, extra: dict[str, str], budget: OutputBudget) -> None:
     for key, value in element.attrib.items():
         if key.startswith("{" + _XSI_NAMESPACE + "}"):
             continue  # schema locations: about the document, not the pass
-        extra[f"{prefix}@{key.rsplit('}', 1)[-1]}"] = value
+        path = f"{prefix}@{key.rsplit('}', 1)[-1]}"
+        extra[path] = value
+        budget.spend(len(path) + len(value))
 
 
-def _merge(outer: _Level, inner: _Level) -> _Level:
+def _merge(outer: _Level, inner: _Level, budget: OutputBudget) -> _Level:
     """The inner level's values win; an outer value they hide moves to ``extra`` as ``../PATH``."""
+    # Every inherited value is copied into the item: it counts once per item.
+    budget.spend(outer.size)
     fields = dict(outer.fields)
     extra = dict(inner.extra)
     hidden: dict[str, str | None] = {}
@@ -340,7 +400,7 @@ def _merge(outer: _Level, inner: _Level) -> _Level:
             path = "../" + path
         else:
             extra[path] = value
-    return _Level(fields, extra)
+    return _Level(fields, extra, outer.size + inner.size)
 
 
 def _element_of(field: str) -> str:

@@ -20,12 +20,15 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
+    MessageSizeTooLargeError,
     OutOfOrderSequenceNumber,
     ProducerFenced,
+    RecordTooLargeError,
     UnknownProducerId,
 )
 
 from passpost.ingest.metrics import IngestMetrics
+from passpost.ingest.postback import OutputBudget, Rejected
 from passpost.kafka import (
     KafkaUnavailable,
     client_options,
@@ -46,6 +49,31 @@ Record = tuple[bytes | None, bytes, Headers | None]
 def event_records(events: Iterable[PassPostback], headers: Headers) -> list[Record]:
     """Events as ``(key, value, headers)`` records for the events topic (SPEC section 3)."""
     return [(event.kafka_key(), encode(event), headers) for event in events]
+
+
+def bounded_records(events: Iterable[PassPostback], headers: Headers, budget: OutputBudget,
+                    max_record: int) -> list[Record]:
+    """``event_records`` held to the request's ``budget`` and to the largest record Kafka
+    takes (``max_record``): a request over either is refused whole, 413 ``event_too_large``."""
+    records = event_records(events, headers)
+    header_bytes = sum(len(name) + len(value) for name, value in headers)
+    produced = 0
+    for key, value, _ in records:
+        size = len(key or b"") + len(value)
+        produced += size
+        if size + header_bytes + RECORD_FRAMING_BYTES > max_record:
+            raise Rejected(413, "event_too_large",
+                           f"An event of this request would be {size} bytes, more than Kafka takes ({max_record}).")
+    budget.check_encoded(produced)
+    return records
+
+
+# What a record adds around its key, value and headers in a batch (lengths, offsets, CRC).
+RECORD_FRAMING_BYTES = 128
+
+
+class EventTooLarge(Exception):
+    """Kafka refused a record as too large: retrying cannot help."""
 
 
 # Errors after which an idempotent producer's state (producer id, sequence numbers) no
@@ -154,6 +182,9 @@ class Publisher:
             ) from None
         except KafkaError as error:
             self._metrics.produce_errors.labels(topic, type(error).__name__).inc()
+            if isinstance(error, (MessageSizeTooLargeError, RecordTooLargeError)):
+                # The topic's max.message.bytes is below what this ingress was set up for.
+                raise EventTooLarge(describe(error)) from None
             if isinstance(error, _BROKEN_PRODUCER_STATE):
                 self._replace_later(producer)
             raise KafkaUnavailable(f"Kafka refused the records: {describe(error)}") from None

@@ -26,9 +26,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from passpost.ingest.metrics import IngestMetrics
-from passpost.ingest.postback import Rejected, read_postbacks
-from passpost.ingest.publisher import Publisher, event_records
-from passpost.kafka import KafkaUnavailable, client_options, describe, start_client
+from passpost.ingest.postback import OutputBudget, Rejected, read_postbacks
+from passpost.ingest.publisher import Publisher, bounded_records
+from passpost.kafka import KafkaUnavailable, client_options, describe, max_record_bytes, start_client
 from passpost.settings import Settings
 
 log = logging.getLogger("passpost.replay")
@@ -122,16 +122,19 @@ async def _replay_batch(
     pending = []
     for record in records:
         report.letters += 1
+        body = record.value or b""
+        budget = OutputBudget(len(body), settings.max_items)
+        headers = [("request_id", _header(record, "request_id").encode()), ("replayed_from", _offset_of(record))]
         try:
-            parsed = read_postbacks(record.value or b"", _header(record, "content_type"))
+            parsed = read_postbacks(body, _header(record, "content_type"), budget)
+            events = [postback.to_event(_received_at(record)) for postback in parsed.postbacks]
+            records = bounded_records(events, headers, budget, max_record_bytes(settings))
         except Rejected as rejected:
             report.still_rejected[rejected.code] += 1
             continue
-        events = [postback.to_event(_received_at(record)) for postback in parsed.postbacks]
         report.replayed += 1
         report.events += len(events)
-        headers = [("request_id", _header(record, "request_id").encode()), ("replayed_from", _offset_of(record))]
-        pending.extend(event_records(events, headers))
+        pending.extend(records)
     if pending and not dry_run:
         await publisher.publish(settings.events_topic, pending)
 

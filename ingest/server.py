@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 from collections.abc import Callable, Generator
 
@@ -17,6 +18,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from passpost.ingest.app import create_app
+from passpost.ingest.connection import ConnectionLimits, LimitedHttpProtocol
 from passpost.ingest.metrics import IngestMetrics
 from passpost.ingest.publisher import Publisher
 from passpost.settings import Settings
@@ -45,13 +47,16 @@ class IngressServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
+def uvicorn_config(app: ASGIApp, settings: Settings, metrics: IngestMetrics | None = None) -> uvicorn.Config:
     """How the ingress runs under uvicorn (the benchmark's bare endpoint runs the same way)."""
+    protocol = functools.partial(LimitedHttpProtocol, limits=ConnectionLimits.from_settings(settings),
+                                 metrics=metrics or IngestMetrics())
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        http="httptools",
+        http=protocol,  # type: ignore[arg-type]  # uvicorn calls it with the protocol's arguments
+        ws="none",
         lifespan="on",
         access_log=False,  # ours has a request id and never the query string
         log_config=None,
@@ -65,7 +70,7 @@ async def serve(settings: Settings) -> None:
     publisher = Publisher(settings, metrics)
     await publisher.start()
     app = create_app(settings, publisher, metrics)
-    config = uvicorn_config(app, settings)
+    config = uvicorn_config(app, settings, metrics)
     ingress = app.state.ingress
 
     def start_draining() -> None:

@@ -217,6 +217,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ingest_open", _boolean, False,
             "Run the ingress without any token (refused unless set to true)."),
     Setting("max_body_bytes", _positive_int, 1024 * 1024, "Largest request body accepted (413 above)."),
+    Setting("max_items", _positive_int, 1000,
+            "Most postbacks (items) one request may hold; 413 `too_many_items` above, body dead-lettered."),
     Setting("max_request_line_bytes", _int_at_least(256), 8 * 1024,
             "Longest request line (method, path and query) accepted; 414 above, before credentials."),
     Setting("max_header_bytes", _int_at_least(1024), 16 * 1024,
@@ -294,6 +296,7 @@ class Settings:
     ingest_tokens: tuple[str, ...] = dataclasses.field(repr=False)
     ingest_open: bool
     max_body_bytes: int
+    max_items: int
     max_request_line_bytes: int
     max_header_bytes: int
     max_header_count: int

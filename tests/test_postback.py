@@ -9,6 +9,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 
 from passpost.ingest.postback import (
+    OutputBudget,
     Rejected,
     extract_xml,
     parse_xml,
@@ -371,7 +372,7 @@ def test_rejection_detail_never_echoes_personal_data() -> None:
 
 def test_stages_can_be_used_alone() -> None:
     root, recovered = parse_xml(extract_xml(postback(), ""))
-    assert not recovered and postbacks_in(root)[0].origin == "GENERATE_PASS"
+    assert not recovered and postbacks_in(root, OutputBudget(len(postback())))[0].origin == "GENERATE_PASS"
 
 
 def test_root_attributes_the_shortcut_does_not_know_still_parse_strictly() -> None:
