@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -111,3 +112,101 @@ def test_group_id_is_derived_from_the_name_unless_set(kafka_bootstrap: str) -> N
     settings = testing.settings_for(kafka_bootstrap)
     assert group_id(settings.replace(consumer_group=None), "analytics") == "passpost-analytics"
     assert group_id(settings, "analytics") == settings.consumer_group
+
+
+class SlowToLoad(Collect):
+    """Stores offsets and takes a while to load them, as a sink that asks a database or Kafka does."""
+
+    stores_offsets = True
+    loaded_at = 0.0
+
+    async def load_offsets(self, partitions):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(1.5)  # aiokafka is already fetching the partitions meanwhile
+        self.loaded_at = time.monotonic()
+        return {}
+
+
+def test_assignment_hands_no_record_twice(kafka_bootstrap: str) -> None:
+    from passpost.consumers.runtime import Runner
+
+    settings = testing.settings_for(kafka_bootstrap, partitions=2)
+    events = [testing.event() for _ in range(3)]
+    testing.produce(settings, events)
+    consumer = SlowToLoad(settings)
+    runner = Runner(consumer, settings, health_port=0)
+    give_up = time.monotonic() + 60
+
+    def settled() -> bool:
+        # Long enough after the start positions were applied for a record handed twice to show.
+        return time.monotonic() > give_up or bool(consumer.loaded_at and time.monotonic() - consumer.loaded_at > 3)
+
+    asyncio.run(runner.run(until=settled))
+    assert sorted(event.event_id for event in consumer.written) == sorted(event.event_id for event in events)
+    registry = runner.metrics.registry
+    assert registry.get_sample_value("passpost_consumer_events_total", {"consumer": "collect"}) == 3
+
+
+def test_a_topic_created_after_the_consumer_started_is_consumed_within_seconds(
+        kafka_bootstrap: str, caplog: pytest.LogCaptureFixture) -> None:
+    from passpost import settings as settings_module
+    from passpost.consumers.runtime import Runner
+    from passpost.kafka import create_topics
+    from tests.kafka_helpers import unique_topic
+
+    topic = unique_topic("late")
+    settings = settings_module.defaults().replace(kafka_bootstrap_servers=kafka_bootstrap, events_topic=topic,
+                                                  consumer_group=f"group-{topic}", topic_partitions=2)
+    consumer = Collect(settings)
+
+    async def scenario() -> tuple[list[tuple[int, str]], float, tuple[int, str], str]:
+        runner = Runner(consumer, settings, health_port=0)
+        task = asyncio.create_task(runner.run())
+        while not runner.health_port:  # the real port, once the health server is up
+            await asyncio.sleep(0.01)
+        before: list[tuple[int, str]] = []
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{runner.health_port}", timeout=5) as client:
+            for _ in range(6):  # three seconds without the topic
+                await asyncio.sleep(0.5)
+                answer = await client.get("/readyz")
+                before.append((answer.status_code, answer.text))
+            await create_topics(settings, [topic])
+            created = asyncio.get_running_loop().time()
+            await asyncio.to_thread(testing.produce, settings, [testing.event()])
+            while not consumer.written and asyncio.get_running_loop().time() - created < 30:
+                await asyncio.sleep(0.05)
+            took = asyncio.get_running_loop().time() - created
+            answer = await client.get("/readyz")
+            metrics = (await client.get("/metrics")).text
+            runner.stop()
+            await task
+            return before, took, (answer.status_code, answer.text), metrics
+
+    with caplog.at_level("INFO", logger="passpost.consumer"):
+        before, took, after, metrics = asyncio.run(scenario())
+    assert {status for status, _ in before} == {503}
+    assert before[-1][1] == f"not ready: topic {topic} does not exist yet\n"
+    assert took < 10, f"consumed {took:.1f} s after the topic's creation"
+    assert after == (200, "ready\n")
+    assert 'passpost_consumer_ready{consumer="collect"} 1.0' in metrics
+    assert 'passpost_consumer_seconds_since_commit{consumer="collect"}' in metrics
+    waits = [record for record in caplog.records if "waiting for topic" in record.getMessage()]
+    assert len(waits) == 1  # said once, not at every look
+
+
+def test_a_taken_health_port_is_one_line_naming_the_setting(kafka_bootstrap: str) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "PASSPOST_CONSUMER_PORT": str(port)}
+        result = subprocess.run([sys.executable, "-m", "passpost", "consume", "analytics"], env=env,
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        f"passpost: error: PASSPOST_CONSUMER_PORT: port {port} is already in use (127.0.0.1:{port}, "
+        "for /readyz and /metrics)"]

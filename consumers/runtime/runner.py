@@ -99,6 +99,9 @@ class Runner:
 
     async def run(self, *, until: Callable[[], bool] | None = None) -> None:
         """Consume until SIGTERM/SIGINT, ``stop()``, or ``until()`` turns true after a batch."""
+        # First: a taken port ends it before any client exists that would need closing.
+        server = await self._serve_health()
+        self.health_port = server.sockets[0].getsockname()[1]  # the real one when asked for port 0
         options = client_options(self.settings)
         fetch_bytes = self.settings.consumer_batch_max_bytes
         self._kafka = AIOKafkaConsumer(
@@ -107,8 +110,6 @@ class Runner:
             max_poll_records=self.settings.consumer_batch_size,
         )
         self._producer = AIOKafkaProducer(**options, acks="all", enable_idempotence=True)
-        server = await self._serve_health()
-        self.health_port = server.sockets[0].getsockname()[1]  # the real one when asked for port 0
         loop = asyncio.get_running_loop()
         handled: list[int] = []
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread: tests call stop()
