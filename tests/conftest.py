@@ -14,6 +14,7 @@ import pytest
 from passpost.localkafka import LocalKafka
 from tests.alertmanager_fixtures import alertmanager_url  # noqa: F401 (a fixture, for tests/test_alerts_*)
 from tests.kafka_helpers import create_topics
+from tests.podman_fixtures import passpost_image  # noqa: F401 (a fixture: the image, built with podman)
 from tests.postgres_fixtures import own_postgres, postgres_dsn, postgres_server  # noqa: F401 (fixtures)
 
 # ---------------------------------------------------------------------------------------
