@@ -13,22 +13,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 from aiokafka import TopicPartition
 
 from passpost.consumers import testing
 from passpost.consumers.alerts import AlertsConsumer
 from passpost.consumers.runtime import load_consumer
+from tests.live import free_port
 from tests.test_alerts_sinks import Receiver, receiver  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.kafka
-
-# The runtime exactly as `passpost consume alerts` runs it, with the health port left to the OS
-# so that two tests never collide on it.
-RUN = ("import asyncio; from passpost import settings; from passpost.consumers.runtime import Runner; "
-       "from passpost.consumers.alerts import AlertsConsumer; s = settings.load(); "
-       "asyncio.run(Runner(AlertsConsumer(s), s, health_port=0).run())")
-
 
 def test_alerts_is_a_registered_consumer() -> None:
     assert load_consumer("alerts") is AlertsConsumer
@@ -36,8 +31,11 @@ def test_alerts_is_a_registered_consumer() -> None:
 
 @contextmanager
 def alerts_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`passpost consume alerts`, on a free health port unless ``env`` names one."""
+    environ = {**os.environ, "PASSPOST_CONSUMER_PORT": str(free_port()), **env}
     with log.open("ab") as sink:
-        process = subprocess.Popen([sys.executable, "-c", RUN], env={**os.environ, **env}, stdout=sink, stderr=sink)
+        process = subprocess.Popen([sys.executable, "-m", "passpost", "consume", "alerts"], env=environ,
+                                   stdout=sink, stderr=sink)
     try:
         yield process
     finally:
@@ -132,3 +130,57 @@ def test_alert_metrics_are_on_the_runtimes_metrics(kafka_bootstrap: str, tmp_pat
     exposition = generate_latest(result.runner.metrics.registry).decode()
     assert 'passpost_alerts_fired_total{severity="critical"} 1.0' in exposition
     assert 'passpost_consumer_events_total{consumer="alerts"} 1.0' in exposition
+
+
+def test_a_refusing_webhook_turns_readiness_503_then_200_and_the_alert_arrives_once(
+        kafka_bootstrap: str, receiver: Receiver, tmp_path: Path) -> None:  # noqa: F811
+    """The issue's 90 s refusal and 60 s window, scaled down: refused for 10 s, a 3 s stall window."""
+    settings = testing.settings_for(kafka_bootstrap)
+    port = free_port()
+    env = {"PASSPOST_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "PASSPOST_EVENTS_TOPIC": settings.events_topic,
+           "PASSPOST_CONSUMER_GROUP": settings.consumer_group or "", "PASSPOST_ALERT_WEBHOOK_URL": receiver.url,
+           "PASSPOST_ALERT_STATE_FILE": str(tmp_path / "state.json"), "PASSPOST_CONSUMER_PORT": str(port),
+           "PASSPOST_CONSUMER_STALL_SECONDS": "3", "PASSPOST_ALERT_DELIVERY_DEADLINE_SECONDS": "1",
+           "PASSPOST_CONSUMER_RETRY_MAX_SECONDS": "1"}
+    log = tmp_path / "alerts.log"
+
+    def get(path: str) -> httpx.Response:
+        return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2)
+
+    def readiness() -> int:
+        try:
+            return get("/readyz").status_code
+        except httpx.HTTPError:
+            return 0
+
+    receiver.answer = 503
+    with alerts_process(env, log):
+        wait_for(lambda: readiness() == 200, "the consumer to be assigned its partition", log)
+        testing.produce(settings, [testing.event(status_code="N811")])
+        refusing_since = time.monotonic()
+        # The first refusal comes after the sink's 1 s deadline; 503 once it lasted 3 s more.
+        wait_for(lambda: readiness() == 503, "readiness to turn 503", log, timeout=8)
+        answer = get("/readyz").text
+        assert answer.startswith("not ready: its sink has refused batches for "), answer
+        assert "(PASSPOST_CONSUMER_STALL_SECONDS is 3)" in answer
+        assert 'passpost_consumer_ready{consumer="alerts"} 0.0' in get("/metrics").text
+        time.sleep(max(0.0, 10 - (time.monotonic() - refusing_since)))
+        assert readiness() == 503 and receiver.bodies == []
+
+        receiver.answer = 200
+        wait_for(lambda: readiness() == 200, "readiness to come back once a batch commits", log)
+        wait_for(lambda: bool(receiver.bodies), "the alert", log)
+        time.sleep(2)  # room for a duplicate to show up, if there were one
+        assert 'passpost_consumer_ready{consumer="alerts"} 1.0' in get("/metrics").text
+    assert [(body["alerts"][0]["labels"]["status_code"], body["alerts"][0]["annotations"]["count"])
+            for body in receiver.bodies] == [("N811", "1")]
+
+
+def test_a_state_folder_it_cannot_write_is_one_line_naming_the_setting(kafka_bootstrap: str) -> None:
+    env = {**os.environ, "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+           "PASSPOST_CONSUMER_PORT": str(free_port()), "PASSPOST_ALERT_STATE_FILE": "/sys/alerts-state.json"}
+    result = subprocess.run([sys.executable, "-m", "passpost", "consume", "alerts"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("passpost: error: PASSPOST_ALERT_STATE_FILE: cannot write in /sys ("), line

@@ -116,9 +116,11 @@ class Runner:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.stop)
                 handled.append(signum)
+        started = False
         try:
             self.consumer.register_metrics(self.metrics.registry)
             await self.consumer.start()
+            started = True
             await start_client(self._producer, self.settings)
             await self._ensure_dead_letter_topic()
             if not await self._wait_for_topic():
@@ -140,7 +142,8 @@ class Runner:
                 await self._producer.stop()
             await self.consumer.close()
             server.close()
-            log.info("consumer %s stopped", self.name)
+            if started:  # a consumer that could not start says why once, not that it stopped
+                log.info("consumer %s stopped", self.name)
 
     async def _serve_health(self) -> asyncio.Server:
         self.metrics.track(lambda: time.monotonic() - self._last_commit, self.not_ready)
