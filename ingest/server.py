@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import signal
+import socket
 from collections.abc import Callable, Generator
 
 import uvicorn
@@ -65,7 +67,31 @@ def uvicorn_config(app: ASGIApp, settings: Settings, metrics: IngestMetrics | No
     )
 
 
+class PortUnavailable(Exception):
+    """The ingress cannot listen where it is told to. ``str()`` is one line naming the setting."""
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The ingress's socket, bound before anything else starts so that a taken port is one line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    # As uvicorn binds: a port in TIME_WAIT after a previous run is free.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise PortUnavailable(f"PASSPOST_PORT: port {port} on {host} is already in use "
+                                  "(choose another with --port or PASSPOST_PORT)") from None
+        raise PortUnavailable(f"PASSPOST_HOST/PASSPOST_PORT: cannot listen on {host}:{port}: "
+                              f"{error.strerror or error}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 async def serve(settings: Settings) -> None:
+    sock = listening_socket(settings.host, settings.port)
     metrics = IngestMetrics()
     publisher = Publisher(settings, metrics)
     await publisher.start()
@@ -76,7 +102,7 @@ async def serve(settings: Settings) -> None:
     def start_draining() -> None:
         ingress.draining = True
 
-    await IngressServer(config, on_exit=[start_draining]).serve()
+    await IngressServer(config, on_exit=[start_draining]).serve(sockets=[sock])
 
 
 def run(settings: Settings) -> None:

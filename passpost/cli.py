@@ -59,9 +59,12 @@ def serve(host: str | None, port: int | None) -> None:
         settings_module.require_credentials(settings)
     except SettingsError as error:
         raise UsageProblem(str(error)) from None
-    from passpost.ingest.server import run
+    from passpost.ingest.server import PortUnavailable, run
 
-    run(settings)
+    try:
+        run(settings)
+    except PortUnavailable as error:
+        raise Unavailable(str(error)) from None
 
 
 @cli.command()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -62,3 +66,18 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(kafka_bootstrap: st
     [record] = read_all(kafka_bootstrap, events, expected=1)
     assert record.key == b"in-flight"
     assert "Traceback" not in ingress.log.read_text()
+
+
+def test_a_taken_port_is_one_line_naming_the_setting_and_exit_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # Checked before Kafka is even tried: this bootstrap would fail otherwise.
+        env = {"PASSPOST_PORT": str(port), "PASSPOST_INGEST_OPEN": "true", "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+        result = subprocess.run([sys.executable, "-m", "passpost", "serve"], capture_output=True, text=True, timeout=30,
+                                env={**os.environ, **env})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"passpost: error: PASSPOST_PORT: port {port} on 127.0.0.1 is already in use "
+        "(choose another with --port or PASSPOST_PORT)"]
