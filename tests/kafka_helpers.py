@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 T = TypeVar("T")
 
@@ -52,6 +52,33 @@ async def create_topics_async(
     finally:
         await admin.close()
     return topics
+
+
+async def recreate_topic_async(bootstrap: str, name: str, partitions: int = 1, *, timeout: float = 60.0) -> None:
+    """Delete ``name`` and create it again: another topic (a new topic id) under the same name."""
+    deadline = time.monotonic() + timeout
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    await asyncio.wait_for(admin.start(), timeout)
+    try:
+        await admin.delete_topics([name])
+        while name in await admin.list_topics():
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"topic {name} was not deleted")
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+    while True:  # the broker may still be removing the old one's partitions
+        try:
+            await create_topics_async(bootstrap, [name], partitions, timeout=max(1.0, deadline - time.monotonic()))
+            return
+        except KafkaError:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+def recreate_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
+    run_sync(recreate_topic_async(bootstrap, name, partitions))
 
 
 async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str], deadline: float) -> None:

@@ -105,8 +105,7 @@ class AlertsConsumer(Consumer):
         holds_offsets = any(key.rpartition(":")[0] == topic for key in self.alerter.offsets)
         identity.check(topic, self.alerter.topics.get(topic), current, holds_offsets=holds_offsets,
                        store=f"the alerts state file {self.state.path} (PASSPOST_ALERT_STATE_FILE)",
-                       start_over="delete it to start over (its open alerts are forgotten, and the consumer "
-                                  "resumes at the group's committed offsets, else at the topic's start)")
+                       start_over="delete it to start over (its open alerts are forgotten)")
         # Saved with the next step, together with the offsets it vouches for.
         self.alerter.topics[topic] = current.key()
 
