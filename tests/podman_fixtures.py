@@ -159,18 +159,37 @@ def base_image() -> str:
     return name
 
 
+def _snapshot(target: Path) -> Path:
+    """The build context as it is now: what Dockerfile.dockerignore admits, and the Dockerfile."""
+    ignore = (ROOT / "deploy" / "Dockerfile.dockerignore").read_text().split()
+    admitted = [line[1:].rstrip("/") for line in ignore if line.startswith("!")]
+    for name in admitted:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.py[cod]", "*.egg-info"))
+        else:
+            shutil.copy2(source, target / name)
+    (target / "deploy").mkdir()
+    for name in ("Dockerfile", "Dockerfile.dockerignore"):
+        shutil.copy2(ROOT / "deploy" / name, target / "deploy" / name)
+    return target
+
+
 def build_image(tag: str = IMAGE) -> str:
     """``podman build`` of deploy/Dockerfile on the Debian base; returns ``tag``."""
     base = base_image()
     common = ["build", "--network", "host", "--ignorefile", "deploy/Dockerfile.dockerignore",
               "--build-arg", f"PYTHON_IMAGE={base}", "-f", "deploy/Dockerfile"]
     mounts = [f"--volume={path}:{path}:ro" for path in (HOST_CA_BUNDLE, HOST_PIP_CONF) if path.exists()]
-    with _lock("build"):
+    with _lock("build"), tempfile.TemporaryDirectory(prefix="passpost-context-") as workdir:
+        # Both passes build one snapshot of the sources: the second must find the first's
+        # layers in the cache even while the working tree changes.
+        context = str(_snapshot(Path(workdir)))
         # The build stage with pip's configuration (it downloads), then the whole image
         # without it: the build stage's layers come from the cache, the runtime stage gets
         # no mount points left behind.
-        podman(*common, *mounts, "--target", "build", "-t", f"{tag}-build", str(ROOT), timeout=3000)
-        podman(*common, "-t", tag, str(ROOT), timeout=600)
+        podman(*common, *mounts, "--target", "build", "-t", f"{tag}-build", context, timeout=3000)
+        podman(*common, "-t", tag, context, timeout=600)
         podman("image", "prune", "--force", check=False)  # dangling images of earlier builds
     return tag
 

@@ -1,0 +1,252 @@
+"""The rendered overlays, run: every Deployment's container from the image under test,
+with the pod's security context, volumes, environment and probes (tests/kubelet.py says
+how a pod becomes podman commands and why not ``podman kube play``).
+
+dev         against the session's Kafka: the KafkaTopics as Strimzi would create them,
+            the vendor's example posted to the ingress container lands in the analytics
+            consumer's DuckDB file (read from its emptyDir after the pod stopped), an
+            out-of-credits postback raises an alert at a webhook the test listens on.
+production  against a broker of its own with a SASL_SSL listener: each workload logs in
+            as its own SCRAM-SHA-512 user with the password from "its" Secret and checks
+            the broker against the CA mounted from the cluster CA Secret; the analytics
+            store is PostgreSQL from Secret passpost-analytics-db, alerts go to Alertmanager
+            and to the webhook from Secret passpost-alert-webhook.
+
+In both, every container becomes ready on its readinessProbe and ``podman stop`` (after
+``preStop``) ends it with exit 0 within ``terminationGracePeriodSeconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.kubelet import Cluster, Pod
+from tests.live import free_port
+from tests.podman_fixtures import podman
+
+pytestmark = [pytest.mark.container, pytest.mark.kafka, pytest.mark.timeout(3600)]
+
+ROOT = Path(__file__).resolve().parents[1]
+OVERLAYS = ROOT / "deploy" / "k8s" / "overlays"
+VENDOR_EXAMPLE = (ROOT / "tests" / "data" / "vendor_example.xml").read_text()
+# The vendor's example as Skycore sends it when the account is out of credits: alerts by default.
+OUT_OF_CREDITS = VENDOR_EXAMPLE.replace("<STATUSCODE>N801</STATUSCODE>", "<STATUSCODE>N811</STATUSCODE>").replace(
+    "5294CE37878AE-112613-113711", "5294CE37878AE-112613-113712")
+# Settings that pick a listening port, by the containerPort they configure.
+PORT_SETTINGS = {8000: "PASSPOST_PORT", 9100: "PASSPOST_CONSUMER_PORT"}
+
+
+def render(overlay: str) -> list[dict[str, Any]]:
+    from tests.test_deploy import kubectl
+
+    result = subprocess.run([kubectl(), "kustomize", str(OVERLAYS / overlay)], capture_output=True, text=True,
+                            timeout=60, check=True)
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def deployments(resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["metadata"]["name"]: r for r in resources if r["kind"] == "Deployment"}
+
+
+def create_kafka_topics(bootstrap: str, resources: list[dict[str, Any]], **security: Any) -> list[str]:
+    """The KafkaTopics as Strimzi's Topic Operator would create them, on a one-broker cluster
+    (replicas and min.insync.replicas 1)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    topics = [r for r in resources if r["kind"] == "KafkaTopic"]
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security)
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+            new = []
+            for topic in topics:
+                name = topic["spec"].get("topicName", topic["metadata"]["name"])
+                if name in existing:
+                    continue
+                config = {key: str(value) for key, value in topic["spec"].get("config", {}).items()}
+                config["min.insync.replicas"] = "1"
+                new.append(NewTopic(name, num_partitions=topic["spec"]["partitions"], replication_factor=1,
+                                    topic_configs=config))
+            if new:
+                await admin.create_topics(new)
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    return [t["metadata"]["name"] for t in topics]
+
+
+class Webhook:
+    """A small HTTP receiver: every POSTed JSON body, in order."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        received = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                length = int(self.headers.get("Content-Length", 0))
+                received.append(json.loads(self.rfile.read(length)))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/passpost"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def alerts(self, **labels: str) -> list[dict[str, Any]]:
+        return [alert for body in self.bodies for alert in body.get("alerts", [])
+                if all(alert.get("labels", {}).get(k) == v for k, v in labels.items())]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    receiver = Webhook()
+    yield receiver
+    receiver.close()
+
+
+def wait_for(condition: Any, timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s: {message}")
+        time.sleep(0.25)
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            if line[len(name)] in " {":
+                return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+class Run:
+    """The overlay's Deployments as pods, started in order and stopped (and checked) at the end."""
+
+    def __init__(self, cluster: Cluster, image: str, workdir: Path) -> None:
+        self.cluster = cluster
+        self.image = image
+        self.workdir = workdir
+        self.pods: dict[str, Pod] = {}
+
+    def start(self, name: str, env: dict[str, str]) -> Pod:
+        workload = deployments(self.cluster.resources)[name]
+        port_map: dict[int, int] = {}
+        overrides = dict(env)
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            for port in container.get("ports", []):
+                host_port = free_port()
+                port_map[port["containerPort"]] = host_port
+                overrides[PORT_SETTINGS[port["containerPort"]]] = str(host_port)
+        containers = [c["name"] for c in workload["spec"]["template"]["spec"]["containers"]]
+        pod = Pod(self.cluster, workload, self.image, self.workdir, {c: overrides for c in containers}, port_map)
+        self.pods[name] = pod
+        return pod.start()
+
+    def stop_all_gracefully(self) -> dict[str, tuple[int, float, float]]:
+        """Each container's (exit code, seconds to stop, grace period)."""
+        outcomes = {}
+        for pod in self.pods.values():
+            for container in pod.containers:
+                code, took = container.stop()
+                outcomes[container.name] = (code, took, container.grace_seconds)
+        return outcomes
+
+    def remove_all(self) -> None:
+        for pod in self.pods.values():
+            pod.remove()
+
+
+def tag_image(image: str, resources: list[dict[str, Any]]) -> None:
+    """The overlay's image name (kustomize's `images:`) resolves to the image under test."""
+    names = {c["image"] for w in deployments(resources).values() for c in w["spec"]["template"]["spec"]["containers"]}
+    for name in names:
+        podman("tag", image, name)
+
+
+@contextlib.contextmanager
+def running(cluster: Cluster, image: str, workdir: Path) -> Iterator[Run]:
+    run = Run(cluster, image, workdir)
+    try:
+        yield run
+    finally:
+        run.remove_all()
+
+
+def check_graceful(outcomes: dict[str, tuple[int, float, float]]) -> None:
+    for name, (code, took, grace) in outcomes.items():
+        assert code == 0, f"{name} exited {code}"
+        assert took < grace, f"{name} took {took:.1f} s to stop, grace period {grace:.0f} s"
+
+
+# --------------------------------------------------------------------------------------
+
+
+def test_dev_overlay_runs_end_to_end(passpost_image: str, kafka_bootstrap: str, webhook: Webhook,
+                                     tmp_path: Path) -> None:
+    resources = render("dev")
+    tag_image(passpost_image, resources)
+    create_kafka_topics(kafka_bootstrap, resources)
+    cluster = Cluster(resources)
+    kafka = {"PASSPOST_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    token = cluster.secret(next(r["metadata"]["name"] for r in resources if r["kind"] == "Secret"
+                                and r["metadata"]["name"].startswith("passpost-ingest-tokens")))["tokens"]
+    with running(cluster, passpost_image, tmp_path) as run:
+        # The alert webhook is production's (from a Secret); dev's alerts go to the log
+        # unless told otherwise, so the test tells it.
+        alerts = run.start("passpost-alerts", {**kafka, "PASSPOST_ALERT_WEBHOOK_URL": webhook.url})
+        analytics = run.start("passpost-analytics", kafka)
+        ingress = run.start("passpost-ingress", kafka)
+        url = f"http://127.0.0.1:{ingress.containers[0].port(8000)}/postbacks/passes"
+        for body in (VENDOR_EXAMPLE, OUT_OF_CREDITS):
+            response = httpx.post(url, params={"token": token}, content=body, timeout=10)
+            assert response.status_code == 200, response.text
+
+        def written(pod: Pod) -> float:
+            text = httpx.get(f"http://127.0.0.1:{pod.containers[0].port(9100)}/metrics", timeout=5).text
+            return metric(text, "passpost_consumer_events_total") or 0.0
+
+        wait_for(lambda: written(analytics) >= 2, 60, "the analytics consumer writes both events")
+        wait_for(lambda: webhook.alerts(alertname="PasspostOutOfCredits"), 60, "an alert at the webhook")
+        (alert,) = webhook.alerts(alertname="PasspostOutOfCredits")
+        assert alert["status"] == "firing", alert
+        assert written(alerts) >= 2
+        state_dir = alerts.volume_path("state")
+        data_dir = analytics.volume_path("data")
+        outcomes = run.stop_all_gracefully()
+        check_graceful(outcomes)
+
+        # After the pods stopped, before they are deleted: the alerts consumer's state and the
+        # analytics store are on their emptyDirs.
+        state = json.loads((state_dir / "alerts-state.json").read_text())
+        assert state["state"]["offsets"], state
+        import duckdb
+
+        with duckdb.connect(str(data_dir / "analytics.duckdb"), read_only=True) as db:
+            rows = db.execute("SELECT status_code, serial_number FROM pass_postbacks ORDER BY status_code").fetchall()
+        assert rows == [("N801", "5294CE37878AE-112613-113711"), ("N811", "5294CE37878AE-112613-113712")], rows
