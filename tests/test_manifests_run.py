@@ -99,7 +99,7 @@ class Webhook:
         received = self.bodies
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 received.append(json.loads(self.rfile.read(length)))
                 self.send_response(200)
@@ -139,9 +139,9 @@ def wait_for(condition: Any, timeout: float, message: str) -> None:
 
 def metric(text: str, name: str, **labels: str) -> float | None:
     for line in text.splitlines():
-        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            if line[len(name)] in " {":
-                return float(line.rsplit(" ", 1)[1])
+        if (line.startswith(name) and line[len(name)] in " {"
+                and all(f'{k}="{v}"' in line for k, v in labels.items())):
+            return float(line.rsplit(" ", 1)[1])
     return None
 
 
