@@ -50,7 +50,7 @@ def kafka_for(settings: Settings) -> Iterator[Settings]:
 
     click.echo("Starting a local Kafka broker (the first run downloads its jars from Maven Central)...", err=True)
     try:
-        broker = LocalKafka(LOCAL_KAFKA_DIR).start()
+        broker = LocalKafka(LOCAL_KAFKA_DIR.absolute()).start()  # the JVM runs in that folder
     except LocalKafkaError as error:
         raise click.ClickException(str(error)) from None
     try:

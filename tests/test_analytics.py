@@ -127,3 +127,21 @@ def test_hourly_view_report_and_rebuild(kafka_bootstrap: str, analytics_dsn: str
 
     assert asyncio.run(rebuild(settings, show_progress=False)) == 3
     assert query(analytics_dsn, "SELECT count(*) FROM pass_postbacks") == [(3,)]
+
+
+@pytest.mark.parametrize("command", [("consume", "analytics"), ("rebuild", "analytics"), ("report",)])
+def test_a_dsn_whose_folder_cannot_be_created_is_one_line(kafka_bootstrap: str, command: tuple[str, ...]) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.live import free_port
+
+    settings = testing.settings_for(kafka_bootstrap)
+    env = {**os.environ, "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "PASSPOST_EVENTS_TOPIC": settings.events_topic,
+           "PASSPOST_CONSUMER_PORT": str(free_port()), "PASSPOST_ANALYTICS_DSN": "duckdb:////proc/x/a.duckdb"}
+    result = subprocess.run([sys.executable, "-m", "passpost", *command], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == ["passpost: error: PASSPOST_ANALYTICS_DSN: cannot create the folder /proc/x "
+                                          "of DuckDB file /proc/x/a.duckdb: No such file or directory"]

@@ -7,10 +7,15 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import fastavro
 import httpx
@@ -30,26 +35,79 @@ def test_packaged_example_is_the_vendor_example_as_printed() -> None:
     assert VENDOR_EXAMPLE == (ROOT / "tests" / "data" / "vendor_example.xml").read_text()
 
 
-def test_dev_runs_the_pipeline_and_prints_a_curl_whose_postback_lands_everywhere(tmp_path: Path) -> None:
+def dev_env() -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("PASSPOST_")}
     env["PASSPOST_PORT"] = str(free_port())
-    log = tmp_path / "dev.log"
-    with log.open("wb") as sink:  # in tmp_path: the DuckDB file and the alert state land there
-        process = subprocess.Popen([sys.executable, "-m", "passpost", "dev"], env=env, stdout=sink, stderr=sink,
-                                   cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + 120
-        while "Ctrl-C stops everything" not in log.read_text() or "Application startup complete" not in log.read_text():
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.3)
-        output = log.read_text()
-        bootstrap = re.search(r"Kafka is up at (\S+)", output).group(1)  # type: ignore[union-attr]
-        curl = output[output.index("curl -sS"): output.index("\nXML\n") + len("\nXML")]
+    return env
 
-        result = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30)
+
+@dataclass
+class Dev:
+    process: subprocess.Popen[bytes]
+    log: Path
+    deadline: float
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def post(self, status_code: str = "N801") -> dict[str, Any]:
+        """Run the printed curl, with another status code if asked."""
+        curl = self.output[self.output.index("curl -sS"): self.output.index("\nXML\n") + len("\nXML")]
+        result = subprocess.run(["bash", "-c", curl.replace("<STATUSCODE>N801<", f"<STATUSCODE>{status_code}<")],
+                                capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, result.stderr
-        answer = json.loads(result.stdout)
+        return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+    def wait_for_analytics(self, events: int) -> None:
+        """Until the analytics consumer (its metrics address is printed) has written ``events``."""
+        metrics = re.search(r"analytics \(metrics on (\S+)\)", self.output).group(1)  # type: ignore[union-attr]
+        while f'passpost_consumer_events_total{{consumer="analytics"}} {events}.0' not in _text(metrics):
+            assert time.monotonic() < self.deadline and "passpost: error" not in self.output, self.output
+            time.sleep(0.3)
+
+
+def _text(url: str) -> str:
+    try:
+        return httpx.get(url).text
+    except httpx.HTTPError:  # a consumer still starting (or one that exited: the deadline says so)
+        return ""
+
+
+@contextmanager
+def running_dev(cwd: Path, env: dict[str, str], log: Path) -> Iterator[Dev]:
+    """`passpost dev` in ``cwd`` (its data/ lands there), up and printing its curl; then Ctrl-C, exit 0."""
+    with log.open("wb") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "passpost", "dev"], env=env, stdout=sink, stderr=sink,
+                                   cwd=cwd)
+    dev = Dev(process, log, time.monotonic() + 180)
+    try:
+        while "Ctrl-C stops everything" not in dev.output or "Application startup complete" not in dev.output:
+            assert process.poll() is None, dev.output
+            assert time.monotonic() < dev.deadline, dev.output
+            time.sleep(0.3)
+        yield dev
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    assert process.returncode == 0, dev.output
+
+
+def report(cwd: Path, env: dict[str, str]) -> str:
+    result = subprocess.run([sys.executable, "-m", "passpost", "report"], env=env, cwd=cwd, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_dev_runs_the_pipeline_and_prints_a_curl_whose_postback_lands_everywhere(tmp_path: Path) -> None:
+    env = dev_env()
+    with running_dev(tmp_path, env, tmp_path / "dev.log") as dev:
+        bootstrap = re.search(r"Kafka is up at (\S+)", dev.output).group(1)  # type: ignore[union-attr]
+        answer = dev.post()
         assert answer["events"] == 1
 
         [record] = read_all(bootstrap, "pass-postbacks.v1", expected=1)
@@ -58,25 +116,36 @@ def test_dev_runs_the_pipeline_and_prints_a_curl_whose_postback_lands_everywhere
         assert event["serial_number"] == "5294CE37878AE-112613-113711"
 
         # The developer's next step: an N811 shows up as an alert in the same terminal.
-        failing = subprocess.run(["bash", "-c", curl.replace("<STATUSCODE>N801<", "<STATUSCODE>N811<")],
-                                 capture_output=True, text=True, timeout=30)
-        assert json.loads(failing.stdout)["events"] == 1
-        while "N811" not in log.read_text():
-            assert time.monotonic() < deadline + 30, log.read_text()
+        assert dev.post("N811")["events"] == 1
+        while "N811" not in dev.output:
+            assert time.monotonic() < dev.deadline, dev.output
             time.sleep(0.3)
-        # ...and the analytics consumer has both postbacks (its metrics address is printed).
-        metrics = re.search(r"analytics \(metrics on (\S+)\)", output).group(1)  # type: ignore[union-attr]
-        while 'passpost_consumer_events_total{consumer="analytics"} 2.0' not in httpx.get(metrics).text:
-            assert time.monotonic() < deadline + 60, log.read_text()
-            time.sleep(0.3)
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    assert process.returncode == 0, log.read_text()
-    report = subprocess.run([sys.executable, "-m", "passpost", "report"], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60)
-    assert report.returncode == 0, report.stderr
-    assert "N811" in report.stdout and "N801" in report.stdout
+        dev.wait_for_analytics(2)  # ...and the analytics consumer has both postbacks
+    printed = report(tmp_path, env)
+    assert "N811" in printed and "N801" in printed
+
+
+def test_a_second_dev_run_keeps_its_broker_and_stores_consistent(tmp_path: Path) -> None:
+    """data/ is kept across runs, so is the broker its offsets refer to: the second run's consumers
+    accept their stores and go on from where the first run stopped."""
+    env = dev_env()
+    with running_dev(tmp_path, env, tmp_path / "first.log") as first:
+        first.post("N811")
+        first.wait_for_analytics(1)
+    with running_dev(tmp_path, env, tmp_path / "second.log") as second:
+        second.post("N803")
+        second.wait_for_analytics(1)  # the new postback only: the first is not read again
+    printed = report(tmp_path, env)
+    assert "N811" in printed and "N803" in printed
+
+
+def test_dev_with_its_port_taken_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    env = dev_env()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(env["PASSPOST_PORT"])))
+        taken.listen()
+        result = subprocess.run([sys.executable, "-m", "passpost", "dev"], env=env, cwd=tmp_path,
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"passpost: error: PASSPOST_PORT: port {env['PASSPOST_PORT']} on 127.0.0.1 "
+                                          "is already in use (choose another with --port or PASSPOST_PORT)"]

@@ -34,6 +34,8 @@ class StateStore:
             text = self.path.read_text("utf-8")
         except FileNotFoundError:
             return None
+        except (OSError, UnicodeDecodeError) as error:  # a folder, unreadable, not text
+            raise StateStoreError(f"PASSPOST_ALERT_STATE_FILE: cannot read {self.path} ({error})") from None
         try:
             document = json.loads(text)
         except ValueError as error:
