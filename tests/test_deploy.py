@@ -68,6 +68,8 @@ DECIDED_SETTINGS = {
     "PASSPOST_ALERT_WEBHOOK_URL": None,
 }
 CONSUMERS = ("analytics", "alerts")
+# Consumers KEDA scales on lag. Not alerts: its grouping must see every partition (one replica).
+SCALED = ("analytics",)
 CONSUMER_PORT = 9100
 INGRESS_PORT = 8000
 
@@ -77,6 +79,7 @@ CONSUMER_METRICS = {
     "passpost_consumer_batch_duration_seconds", "passpost_consumer_lag", "passpost_consumer_retries_total",
     "passpost_consumer_dead_letters_total", "passpost_alerts_fired_total", "passpost_alerts_resolved_total",
     "passpost_alerts_delivered_total", "passpost_alerts_failed_total",
+    "passpost_consumer_seconds_since_commit", "passpost_consumer_ready",
 }
 
 
@@ -293,6 +296,11 @@ def _strict(schema: Any) -> Any:
     """CRD schemas prune unknown fields silently; here an unknown field is an error."""
     if isinstance(schema, dict):
         out = {key: _strict(value) for key, value in schema.items()}
+        pattern = schema.get("pattern")
+        if isinstance(pattern, str) and "(?i)" in pattern[1:]:
+            # Go's RE2 takes a flag group anywhere (PrometheusRule's `^(?i)(abort|warn)?$`),
+            # Python's re only at the start: same language, Python's spelling.
+            out["pattern"] = "(?i)" + pattern.replace("(?i)", "")
         if (
             "properties" in schema
             and "additionalProperties" not in schema
@@ -357,6 +365,7 @@ def test_custom_resources_use_current_api_versions(production: list[dict[str, An
         "ScaledObject": "keda.sh/v1alpha1",
         "TriggerAuthentication": "keda.sh/v1alpha1",
         "PodMonitor": "monitoring.coreos.com/v1",
+        "PrometheusRule": "monitoring.coreos.com/v1",
     }
     for kind, api_version in expected.items():
         found = {r["apiVersion"] for r in of_kind(production, kind)}
@@ -582,7 +591,7 @@ def test_kafka_users_have_least_privilege(production: list[dict[str, Any]]) -> N
             ("topic", events, "Write"), ("topic", events, "Describe"),
             ("topic", dead_letters, "Write"), ("topic", dead_letters, "Describe"),
         },
-        "passpost-keda": {("topic", events, "Describe"), *(("group", f"passpost-{n}", "Describe") for n in CONSUMERS)},
+        "passpost-keda": {("topic", events, "Describe"), *(("group", f"passpost-{n}", "Describe") for n in SCALED)},
     }
     for name in CONSUMERS:
         expected[f"passpost-{name}"] = {
@@ -644,7 +653,7 @@ def test_scaled_objects_follow_the_consumers(production: list[dict[str, Any]]) -
     settings = config(production)
     partitions = named(production, "KafkaTopic", settings["PASSPOST_EVENTS_TOPIC"])["spec"]["partitions"]
     scaled = {s["spec"]["scaleTargetRef"]["name"]: s for s in of_kind(production, "ScaledObject")}
-    consumers = {w["metadata"]["name"]: w for w in workloads(production) if consumer_name(w)}
+    consumers = {w["metadata"]["name"]: w for w in workloads(production) if consumer_name(w) in SCALED}
     assert set(scaled) == set(consumers)
     auth = {a["metadata"]["name"]: a for a in of_kind(production, "TriggerAuthentication")}
     for target, scaled_object in scaled.items():
@@ -669,6 +678,41 @@ def test_scaled_objects_follow_the_consumers(production: list[dict[str, Any]]) -
         parameters = {ref["parameter"] for ref in refs}
         assert parameters == {"username", "password", "ca"}, parameters
         assert not {"sasl", "tls"} & set(metadata) & parameters
+
+
+def test_alerts_consumer_runs_one_replica_with_its_state_kept(production: list[dict[str, Any]]) -> None:
+    alerts = named(production, "Deployment", "passpost-alerts")
+    assert "replicas" not in alerts["spec"] or alerts["spec"]["replicas"] == 1
+    assert not [s for s in of_kind(production, "ScaledObject") if s["spec"]["scaleTargetRef"]["name"] == "passpost-alerts"]
+    assert not [h for h in of_kind(production, "HorizontalPodAutoscaler")
+                if h["spec"]["scaleTargetRef"]["name"] == "passpost-alerts"]
+    # A ReadWriteOnce claim: the old pod goes before the new one comes.
+    assert alerts["spec"]["strategy"] == {"type": "Recreate"}
+    spec = pod_spec(alerts)
+    container = spec["containers"][0]
+    state_file = Path(container_env(production, container)["PASSPOST_ALERT_STATE_FILE"])
+    mount = next(m for m in container["volumeMounts"] if Path(m["mountPath"]) in state_file.parents)
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    claim = named(production, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+
+def test_every_consumer_has_a_writable_store(resources: list[dict[str, Any]]) -> None:
+    """The alerts state file (and DuckDB's file, without PostgreSQL) on a volume: the root is read-only."""
+    for workload in workloads(resources):
+        name = consumer_name(workload)
+        if name is None:
+            continue
+        container = pod_spec(workload)["containers"][0]
+        env = container_env(resources, container)
+        if name == "alerts":
+            path = Path(env["PASSPOST_ALERT_STATE_FILE"])
+        elif "PASSPOST_ANALYTICS_DSN" in env:
+            continue
+        else:
+            path = Path("/var/lib/passpost/data/analytics.duckdb")
+        mounts = [m for m in container["volumeMounts"] if Path(m["mountPath"]) in path.parents]
+        assert mounts and not mounts[0].get("readOnly"), f"{name}: {path} is on the read-only root"
 
 
 def test_keda_authenticates_as_its_own_describe_only_user(production: list[dict[str, Any]]) -> None:
