@@ -91,6 +91,20 @@ def _refusals(limits: ConnectionLimits) -> dict[str, Refusal]:
     }
 
 
+SWEEP_SECONDS = 0.25  # how late a timeout may act
+_SWEEPING = "passpost_sweeping"
+
+
+def _sweep(loop: asyncio.AbstractEventLoop, server_state: ServerState) -> None:
+    """Refuse every connection past its deadline, then look again in ``SWEEP_SECONDS``."""
+    now = loop.time()
+    for connection in list(server_state.connections):
+        deadline = getattr(connection, "_deadline", None)
+        if deadline is not None and deadline <= now:
+            connection._timed_out()
+    loop.call_later(SWEEP_SECONDS, _sweep, loop, server_state)
+
+
 class LimitedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits above. uvicorn builds one per connection."""
 
@@ -114,7 +128,11 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._header_bytes = 0
         self._url_done = False
-        self._deadline: asyncio.TimerHandle | None = None
+        # When the head or body must be in (loop time), and which refusal follows; checked by
+        # one sweep per server, not a timer per request (arming and cancelling a timer twice
+        # per request cost more than the rest of these limits together).
+        self._deadline: float | None = None
+        self._deadline_reason = ""
         self._unread_body: Any = None  # the cycle whose body is still arriving
         self._refused = False
 
@@ -213,15 +231,17 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     # -- refusing --------------------------------------------------------------------------
 
     def _arm(self, seconds: float, reason: str) -> None:
-        self._disarm()
-        self._deadline = self.loop.call_later(seconds, self._timed_out, reason)
+        self._deadline = self.loop.time() + seconds
+        self._deadline_reason = reason
+        if not getattr(self.server_state, _SWEEPING, False):
+            setattr(self.server_state, _SWEEPING, True)
+            self.loop.call_later(SWEEP_SECONDS, _sweep, self.loop, self.server_state)
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._deadline = None
 
-    def _timed_out(self, reason: str) -> None:
+    def _timed_out(self) -> None:
+        reason = self._deadline_reason
         self._deadline = None
         if self.transport.is_closing():
             return
