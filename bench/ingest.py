@@ -101,6 +101,8 @@ class Report:
     ingress: WrkResult | None = None
     bare: WrkResult | None = None
     ingress_rss_mib: float | None = None
+    ingress_cpu_ms: float | None = None  # process CPU per request answered during the measured run
+    bare_cpu_ms: float | None = None
     ingress_rss_after_wrk_mib: float | None = None
     bare_rss_mib: float | None = None
     events_on_topic: int | None = None
@@ -158,6 +160,12 @@ def peak_rss_mib(pid: int) -> float | None:
         return None
     match = re.search(r"^VmHWM:\s+(\d+)\s+kB", status, re.MULTILINE)
     return int(match.group(1)) / 1024 if match else None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (from /proc, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def child_pids(pid: int) -> list[int]:
@@ -411,13 +419,16 @@ def run(options: argparse.Namespace) -> Report:
             run_wrk(wrk, options, port, token, WARMUP_SECONDS)
             warm_200s = settle(port)
             log(f"driving the ingress for {options.duration} s at {options.connections} connections")
+            cpu_before = cpu_seconds(ingress.server_pid)
             report.ingress = run_wrk(wrk, options, port, token, options.duration)
+            ingress_cpu = cpu_seconds(ingress.server_pid) - cpu_before
             report.ingress_rss_after_wrk_mib = peak_rss_mib(ingress.server_pid)
             # Totals since the topic was created (warm-up included): these two must be equal.
             report.server_200s_total = settle(port)
             report.events_total = topic_records(bootstrap, events_topic, partitions)
             # This run's share, to set against what wrk counted.
             report.server_200s = report.server_200s_total - warm_200s
+            report.ingress_cpu_ms = 1000 * ingress_cpu / max(report.server_200s, 1)
             report.events_on_topic = report.events_total - warm_200s
             log(f"posting a bundle of {options.bundle_items} items {options.bundle_posts} times")
             before_bundles = topic_records(bootstrap, events_topic, partitions)
@@ -443,7 +454,9 @@ def run(options: argparse.Namespace) -> Report:
             log(f"warming the bare endpoint up for {WARMUP_SECONDS} s")
             run_wrk(wrk, options, port, token, WARMUP_SECONDS)
             log(f"driving the bare endpoint for {options.duration} s at {options.connections} connections")
+            cpu_before = cpu_seconds(bare.server_pid)
             report.bare = run_wrk(wrk, options, port, token, options.duration)
+            report.bare_cpu_ms = 1000 * (cpu_seconds(bare.server_pid) - cpu_before) / max(report.bare.requests, 1)
             report.bare_rss_mib = peak_rss_mib(bare.server_pid)
         finally:
             bare.stop()
@@ -492,6 +505,7 @@ def print_report(report: Report, options: argparse.Namespace) -> bool:
               f"{result.max_ms:>10.1f}{result.requests:>10}{result.status_other:>9}")
     print()
     print(f"ratio ingress/bare requests/s: {ratio:.2f}")
+    print(f"process CPU per request: ingress {report.ingress_cpu_ms:.3f} ms, bare {report.bare_cpu_ms:.3f} ms")
     print(f"ingress answers 200 seen by wrk: {ingress.status_200}; answered 200 by the server (also those in "
           f"flight when wrk stopped): {report.server_200s}; events on the topic: {report.events_on_topic}")
     print(f"since the topic was created (warm-up included): answered 200 {report.server_200s_total}, "
