@@ -268,7 +268,8 @@ class Pod:
                 self._volumes[name] = (str(path), True)
             elif "persistentVolumeClaim" in volume:
                 claim = volume["persistentVolumeClaim"]["claimName"]
-                podman("volume", "create", "--ignore", claim)
+                if podman("volume", "exists", claim, check=False).returncode != 0:
+                    podman("volume", "create", claim)
                 self._volumes[name] = (claim, True)
             elif "secret" in volume or "configMap" in volume:
                 kind = "secret" if "secret" in volume else "configMap"

@@ -250,3 +250,93 @@ def test_dev_overlay_runs_end_to_end(passpost_image: str, kafka_bootstrap: str, 
         with duckdb.connect(str(data_dir / "analytics.duckdb"), read_only=True) as db:
             rows = db.execute("SELECT status_code, serial_number FROM pass_postbacks ORDER BY status_code").fetchall()
         assert rows == [("N801", "5294CE37878AE-112613-113711"), ("N811", "5294CE37878AE-112613-113712")], rows
+
+
+def add_scram_users(kafka: Any, passwords: dict[str, str]) -> None:
+    """SCRAM-SHA-512 credentials for more users, as Strimzi's User Operator would set them
+    (Kafka's own ConfigCommand over the broker's PLAINTEXT listener)."""
+    from passpost.localkafka import _java, ensure_kafka_jars
+
+    classpath = f"{ensure_kafka_jars()}/*"
+    processes = [
+        subprocess.Popen([_java(), "-cp", classpath, "kafka.admin.ConfigCommand", "--bootstrap-server",
+                          kafka.bootstrap_servers, "--alter", "--add-config",
+                          f"SCRAM-SHA-512=[iterations=4096,password={password}]", "--entity-type", "users",
+                          "--entity-name", user], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for user, password in passwords.items()]
+    for process in processes:
+        output, _ = process.communicate(timeout=120)
+        assert process.returncode == 0, output
+
+
+@pytest.fixture
+def secured_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from passpost.localkafka import LocalKafka
+
+    with LocalKafka(tmp_path_factory.mktemp("production-kafka"), listeners=("SASL_SSL",),
+                    sasl_username="passpost-ingest", sasl_password="ingest-password") as kafka:
+        yield kafka
+
+
+def test_production_overlay_runs_with_scram_postgres_and_alertmanager(
+        passpost_image: str, secured_kafka: Any, postgres_dsn: str, alertmanager_url: str, webhook: Webhook,
+        tmp_path: Path) -> None:
+    import uuid
+
+    import psycopg
+
+    from tests.alertmanager_fixtures import active_alerts
+
+    resources = render("production")
+    tag_image(passpost_image, resources)
+    create_kafka_topics(secured_kafka.bootstrap_servers, resources)
+    passwords = {"passpost-ingest": "ingest-password", "passpost-analytics": uuid.uuid4().hex,
+                 "passpost-alerts": uuid.uuid4().hex}
+    add_scram_users(secured_kafka, {k: v for k, v in passwords.items() if k != "passpost-ingest"})
+    token = uuid.uuid4().hex
+    # What the operator creates by hand (deploy/README.md step 4) and what Strimzi creates:
+    # the users' Secrets and the cluster CA.
+    cluster = Cluster(resources, secrets={
+        "passpost-ingest-tokens": {"tokens": f"old-token,{token}"},
+        "passpost-analytics-db": {"dsn": postgres_dsn},
+        "passpost-alert-webhook": {"webhook-url": webhook.url},
+        "my-cluster-cluster-ca-cert": {"ca.crt": secured_kafka.ca_file.read_text()},
+        **{user: {"password": password} for user, password in passwords.items()},
+    })
+    # Cluster addresses, remapped to this machine's: the SASL_SSL listener, Alertmanager.
+    kafka = {"PASSPOST_KAFKA_BOOTSTRAP_SERVERS": secured_kafka.bootstrap_servers_for("SASL_SSL")}
+    origin = f"TEST_{uuid.uuid4().hex[:8]}"
+    out_of_credits = OUT_OF_CREDITS.replace("<ORIGIN>GENERATE_PASS</ORIGIN>", f"<ORIGIN>{origin}</ORIGIN>")
+    podman("volume", "rm", "--force", "passpost-alerts-state")
+    try:
+        with running(cluster, passpost_image, tmp_path) as run:
+            alerts = run.start("passpost-alerts", {**kafka, "PASSPOST_ALERTMANAGER_URL": alertmanager_url})
+            run.start("passpost-analytics", kafka)
+            ingress = run.start("passpost-ingress", kafka)
+            url = f"http://127.0.0.1:{ingress.containers[0].port(8000)}/postbacks/passes"
+            for body in (VENDOR_EXAMPLE, out_of_credits):
+                response = httpx.post(url, params={"token": token}, content=body, timeout=10)
+                assert response.status_code == 200, response.text
+
+            def stored() -> list[tuple[str, str]]:
+                with psycopg.connect(postgres_dsn) as connection:
+                    try:
+                        return connection.execute(
+                            "SELECT status_code, origin FROM pass_postbacks ORDER BY status_code").fetchall()
+                    except psycopg.errors.UndefinedTable:
+                        return []
+
+            wait_for(lambda: len(stored()) >= 2, 60, "both events in PostgreSQL")
+            assert stored() == [("N801", "GENERATE_PASS"), ("N811", origin)]
+            wait_for(lambda: webhook.alerts(origin=origin), 60, "the alert at the webhook")
+            wait_for(lambda: active_alerts(alertmanager_url, origin=origin), 60, "the alert in Alertmanager")
+            (alert,) = active_alerts(alertmanager_url, origin=origin)
+            assert alert["labels"]["alertname"] == "PasspostOutOfCredits"
+            assert alerts.containers[0].running()
+            check_graceful(run.stop_all_gracefully())
+        # The claim outlives the pod: the state is there for the next one.
+        mountpoint = podman("volume", "inspect", "--format", "{{.Mountpoint}}", "passpost-alerts-state").stdout.strip()
+        state = json.loads((Path(mountpoint) / "alerts-state.json").read_text())
+        assert any(group["labels"].get("origin") == origin for group in state["state"]["grouper"]["groups"]), state
+    finally:
+        podman("volume", "rm", "--force", "passpost-alerts-state", check=False)
