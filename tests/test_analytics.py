@@ -7,6 +7,9 @@ import hashlib
 import hmac
 import io
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from passpost.consumers.analytics import AnalyticsConsumer
 from passpost.consumers.analytics.rebuild import rebuild
 from passpost.consumers.analytics.report import print_report
 from passpost.consumers.analytics.store import open_store
+from tests.live import free_port
 
 pytestmark = pytest.mark.kafka
 
@@ -131,15 +135,10 @@ def test_hourly_view_report_and_rebuild(kafka_bootstrap: str, analytics_dsn: str
 
 @pytest.mark.parametrize("command", [("consume", "analytics"), ("rebuild", "analytics"), ("report",)])
 def test_a_dsn_whose_folder_cannot_be_created_is_one_line(kafka_bootstrap: str, command: tuple[str, ...]) -> None:
-    import os
-    import subprocess
-    import sys
-
-    from tests.live import free_port
-
     settings = testing.settings_for(kafka_bootstrap)
-    env = {**os.environ, "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "PASSPOST_EVENTS_TOPIC": settings.events_topic,
-           "PASSPOST_CONSUMER_PORT": str(free_port()), "PASSPOST_ANALYTICS_DSN": "duckdb:////proc/x/a.duckdb"}
+    env = {**os.environ, "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+           "PASSPOST_EVENTS_TOPIC": settings.events_topic, "PASSPOST_CONSUMER_PORT": str(free_port()),
+           "PASSPOST_ANALYTICS_DSN": "duckdb:////proc/x/a.duckdb"}
     result = subprocess.run([sys.executable, "-m", "passpost", *command], env=env, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 1, result.stderr

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 import time
 
 import httpx
 import pytest
 
+from passpost import settings as settings_module
 from passpost.consumers import testing
-from passpost.consumers.runtime import Batch, Consumer, group_id
+from passpost.consumers.runtime import Batch, Consumer, Runner, group_id
+from passpost.kafka import create_topics
 from passpost.schemas.event import PassPostback
+from tests.kafka_helpers import unique_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -127,8 +134,6 @@ class SlowToLoad(Collect):
 
 
 def test_assignment_hands_no_record_twice(kafka_bootstrap: str) -> None:
-    from passpost.consumers.runtime import Runner
-
     settings = testing.settings_for(kafka_bootstrap, partitions=2)
     events = [testing.event() for _ in range(3)]
     testing.produce(settings, events)
@@ -148,11 +153,6 @@ def test_assignment_hands_no_record_twice(kafka_bootstrap: str) -> None:
 
 def test_a_topic_created_after_the_consumer_started_is_consumed_within_seconds(
         kafka_bootstrap: str, caplog: pytest.LogCaptureFixture) -> None:
-    from passpost import settings as settings_module
-    from passpost.consumers.runtime import Runner
-    from passpost.kafka import create_topics
-    from tests.kafka_helpers import unique_topic
-
     topic = unique_topic("late")
     settings = settings_module.defaults().replace(kafka_bootstrap_servers=kafka_bootstrap, events_topic=topic,
                                                   consumer_group=f"group-{topic}", topic_partitions=2)
@@ -194,11 +194,6 @@ def test_a_topic_created_after_the_consumer_started_is_consumed_within_seconds(
 
 
 def test_a_taken_health_port_is_one_line_naming_the_setting(kafka_bootstrap: str) -> None:
-    import os
-    import socket
-    import subprocess
-    import sys
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -16,7 +16,8 @@ from tests.kafka_helpers import recreate_topic, unique_topic
 pytestmark = pytest.mark.kafka
 
 
-def test_a_recreated_topic_has_another_id_on_the_same_cluster(kafka_bootstrap: str, kafka_topics) -> None:  # type: ignore[no-untyped-def]
+def test_a_recreated_topic_has_another_id_on_the_same_cluster(
+        kafka_bootstrap: str, kafka_topics) -> None:  # type: ignore[no-untyped-def]
     topic, missing = unique_topic("identity"), unique_topic("missing")
     kafka_topics([topic], partitions=2)
     settings = settings_module.defaults().replace(kafka_bootstrap_servers=kafka_bootstrap)

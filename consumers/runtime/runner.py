@@ -30,9 +30,9 @@ from passpost.consumers.runtime.consumer import Batch, Consumer, Item
 from passpost.consumers.runtime.errors import CannotRun
 from passpost.consumers.runtime.health import ConsumerMetrics, serve_health
 from passpost.kafka import KafkaUnavailable, client_options, create_topics, describe, start_client
-from passpost.topic_metadata import TopicIdsUnsupported, TopicMetadata
 from passpost.schemas.codec import DecodeError, decode
 from passpost.settings import Settings
+from passpost.topic_metadata import TopicIdsUnsupported, TopicMetadata
 
 log = logging.getLogger("passpost.consumer")
 
@@ -164,7 +164,7 @@ class Runner:
         if self._waiting is not None:
             return self._waiting
         if not self._applied:
-            return f"no partition of topic {self.topic} is assigned to it"
+            return f"no partition of topic {self.topic} is ready (none assigned, or its start offsets not read yet)"
         if self._refused_since is not None:
             refused_for = time.monotonic() - self._refused_since
             if refused_for > self.settings.consumer_stall_seconds:
@@ -380,7 +380,9 @@ class Runner:
         # runs; holding the lock (and counting the generation only once every position is set)
         # keeps any such record from the sink until the loop fetches it again from here.
         async with self._in_flight:
-            starts = await self._start_offsets(sorted(assigned)) if assigned else {}
+            starts = await self._start_offsets_retried(sorted(assigned)) if assigned else {}
+            if assigned and not starts:  # stopped before they could be read: nothing may reach the sink
+                return
             assert self._kafka is not None
             for tp, offset in starts.items():
                 self._kafka.seek(tp, offset)
@@ -393,6 +395,21 @@ class Runner:
         if assigned:
             log.info("consumer %s: resuming %s", self.name,
                      ", ".join(f"{tp.partition}@{offset}" for tp, offset in sorted(starts.items())))
+
+    async def _start_offsets_retried(self, assigned: list[TopicPartition]) -> dict[TopicPartition, int]:
+        # aiokafka only logs a listener's exception: given up, the partitions would stay unread.
+        delay = FIRST_RETRY_SECONDS
+        while True:
+            try:
+                return await self._start_offsets(assigned)
+            except Exception as error:  # noqa: BLE001 (the sink's store or Kafka, retried like a batch)
+                if self.stopping.is_set():
+                    return {}
+                log.warning("consumer %s: cannot read where its partitions start (%s); retrying in %.1f s",
+                            self.name, describe(error), delay)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                delay = min(delay * 2, self.settings.consumer_retry_max_seconds)
 
     async def _start_offsets(self, assigned: list[TopicPartition]) -> dict[TopicPartition, int]:
         """Where each partition starts: the sink's stored offset (sinks that store them), else the
