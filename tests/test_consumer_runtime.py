@@ -15,6 +15,7 @@ import pytest
 from passpost import settings as settings_module
 from passpost.consumers import testing
 from passpost.consumers.runtime import Batch, Consumer, Runner, group_id
+from passpost.consumers.runtime.identity import ForeignOffsets, TopicIdentity
 from passpost.kafka import create_topics
 from passpost.schemas.event import PassPostback
 from tests.kafka_helpers import unique_topic
@@ -205,3 +206,28 @@ def test_a_taken_health_port_is_one_line_naming_the_setting(kafka_bootstrap: str
     assert result.stderr.splitlines() == [
         f"passpost: error: PASSPOST_CONSUMER_PORT: port {port} is already in use (127.0.0.1:{port}, "
         "for /readyz and /metrics)"]
+
+
+class RecreatedMeanwhile(Collect):
+    """Stores offsets; its topic is found re-created at the first assignment, after the start's check."""
+
+    stores_offsets = True
+
+    def __init__(self, settings) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(settings)
+        self.checked: list[TopicIdentity] = []
+
+    async def check_topic(self, topic: str, identity: TopicIdentity) -> None:
+        self.checked.append(identity)
+        if len(self.checked) > 1:
+            raise ForeignOffsets("offsets of another incarnation")
+
+
+def test_offsets_of_another_incarnation_found_at_an_assignment_stop_the_consumer(kafka_bootstrap: str) -> None:
+    settings = testing.settings_for(kafka_bootstrap)
+    testing.produce(settings, [testing.event()])
+    consumer = RecreatedMeanwhile(settings)
+    with pytest.raises(ForeignOffsets):
+        asyncio.run(asyncio.wait_for(Runner(consumer, settings, health_port=0).run(), 60))
+    assert consumer.written == []  # nothing reached the sink
+    assert len(consumer.checked) == 2 and consumer.checked[0] == consumer.checked[1]

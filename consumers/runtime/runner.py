@@ -91,6 +91,7 @@ class Runner:
         self._refused_since: float | None = None  # first refusal of a batch not yet committed
         self._last_commit = time.monotonic()  # or the start, or the assignment, before the first commit
         self._committed_once = False
+        self._fatal: CannotRun | None = None  # found in a rebalance callback, raised by run()
         self.written: dict[TopicPartition, int] = {}  # next offset per partition, for lag
         self._kafka: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -131,6 +132,8 @@ class Runner:
             log.info("consumer %s started: group %s, topic %s", self.name, group_id(self.settings, self.name),
                      self.topic)
             await self._loop(until)
+            if self._fatal is not None:
+                raise self._fatal
         finally:
             self._waiting = "stopping"
             for signum in handled:
@@ -202,6 +205,14 @@ class Runner:
             # Before any stored offset is used: those of another incarnation of the topic stop it here.
             await self.consumer.check_topic(self.topic, identity)
         return True
+
+    async def _check_identity(self) -> None:
+        """Again at each assignment: the topic may have been deleted and re-created meanwhile."""
+        async with TopicMetadata(self.settings) as metadata:
+            identity = (await metadata.describe([self.topic])).identity(self.topic)
+        if identity is None:
+            raise KafkaUnavailable(f"topic {self.topic} is not in the cluster's metadata")
+        await self.consumer.check_topic(self.topic, identity)
 
     async def _ensure_dead_letter_topic(self) -> None:
         try:
@@ -402,6 +413,10 @@ class Runner:
         while True:
             try:
                 return await self._start_offsets(assigned)
+            except CannotRun as error:  # no use retrying: run() raises it
+                self._fatal = error
+                self.stop()
+                return {}
             except Exception as error:  # noqa: BLE001 (the sink's store or Kafka, retried like a batch)
                 if self.stopping.is_set():
                     return {}
@@ -418,6 +433,7 @@ class Runner:
         if self.consumer.stores_offsets:
             # The sink is the truth: a partition it has never seen starts at the beginning
             # (also after `passpost rebuild`, whatever the group committed).
+            await self._check_identity()
             known = await self.consumer.load_offsets(assigned)
         else:
             known = {}
