@@ -9,6 +9,7 @@ string, which may hold a token.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -45,13 +46,17 @@ class RequestContext:
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500
+        error_code: str | None = None
         header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, error_code
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), header]
+            elif status >= 400 and error_code is None:
+                # Refusals are small JSON bodies ({"error": code, ...}): the code is worth a field.
+                error_code = _error_code(message.get("body", b""))
             await send(message)
 
         try:
@@ -64,6 +69,8 @@ class RequestContext:
             if route not in _QUIET_ROUTES and log.isEnabledFor(logging.INFO):
                 fields = {"request_id": request_id, "method": scope["method"], "path": path[:200], "status": status,
                           "duration_ms": round(elapsed * 1000, 2), **state.get("log_fields", {})}
+                if error_code is not None:
+                    fields["error"] = error_code
                 log.info("request", extra={"fields": fields})
 
     def _count(self, route: str, method: str, status: int, elapsed: float) -> None:
@@ -76,6 +83,14 @@ class RequestContext:
         if latency is None:
             latency = self._latencies[route] = self.metrics.request_latency.labels(route)
         latency.observe(elapsed)
+
+
+def _error_code(body: bytes) -> str | None:
+    try:
+        code = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return None
+    return code if isinstance(code, str) else None
 
 
 def _request_id(scope: Scope) -> str:

@@ -272,3 +272,15 @@ def test_kafka_that_cannot_confirm_gets_503_with_retry_after(local_kafka) -> Non
             client.get("/metrics").text
         )
         assert client.get("/readyz").status_code == 503
+
+
+def test_the_log_line_of_a_refused_request_names_its_error_code(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="passpost.access"):
+        post(client, b"<ORDER/>")
+        client.post(POSTBACK_PATH, content=VENDOR_EXAMPLE)  # no token
+        post(client, VENDOR_EXAMPLE)
+    fields = [record.fields for record in caplog.records if record.name == "passpost.access"]  # type: ignore[attr-defined]
+    assert [(entry["status"], entry.get("error")) for entry in fields] == [
+        (422, "not_a_postback"), (401, "unauthorized"), (200, None)]
