@@ -51,5 +51,20 @@ def configure(log_format: str = "text", level: str = "info") -> None:
     # aiokafka logs every failed reconnect at ERROR with a traceback; the ingress reports
     # Kafka trouble itself (503s, readiness, metrics), so keep aiokafka to warnings and above.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+    coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
+    if not any(isinstance(existing, _CoordinatorNotYetAvailable) for existing in coordinator.filters):
+        coordinator.addFilter(_CoordinatorNotYetAvailable())
     # The server's own access log prints the query string, which can hold a token.
     logging.getLogger("uvicorn.access").disabled = True
+
+
+class _CoordinatorNotYetAvailable(logging.Filter):
+    """A broker that has just started has no group coordinator for a moment, and aiokafka
+    logs each retry of the look-up at ERROR. The consumer retries by itself (and its
+    /readyz says when it has no partitions), so these lines are noise: logged at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and "CoordinatorNotAvailable" in record.getMessage():
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True

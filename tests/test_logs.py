@@ -26,3 +26,14 @@ def test_json_lines_merge_the_fields() -> None:
 def test_text_lines_append_key_values() -> None:
     line = TextFormatter().format(record(request_id="abc", status=200))
     assert line.endswith("passpost.access request request_id=abc status=200")
+
+
+def test_a_coordinator_not_yet_available_is_not_an_error_line(capsys) -> None:  # type: ignore[no-untyped-def]
+    from passpost.logs import configure
+
+    configure("text", "info")
+    coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
+    coordinator.error("Group Coordinator Request failed: %s", "[Error 15] CoordinatorNotAvailableError")
+    coordinator.error("Heartbeat session expired - marking coordinator dead")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "ERROR" in lines[0] and "Heartbeat session expired" in lines[0]
