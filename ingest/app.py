@@ -94,14 +94,14 @@ class Ingress:
             rejected = Rejected(413, "event_too_large", f"Kafka refused an event of this request as too large: "
                                                         f"{too_large}")
             return await self._dead_letter(body, rejected, received_at, content_type, request_id)
-        for event_id, outcome in events:
-            self.metrics.events.labels(outcome).inc()
+        for _, outcome, origin in events:
+            self.metrics.count_event(outcome, origin)
         request.state.log_fields = {"events": len(events)}
-        return JSONResponse({"events": len(events), "event_ids": [event_id for event_id, _ in events]})
+        return JSONResponse({"events": len(events), "event_ids": [event_id for event_id, _, _ in events]})
 
     def _records_of(self, body: bytes, content_type: str, received_at: datetime,
-                    request_id: str) -> tuple[list[Record], list[tuple[str, str]]]:
-        """The request's records for Kafka and ``(event id, outcome)`` of each event; raises
+                    request_id: str) -> tuple[list[Record], list[tuple[str, str, str]]]:
+        """The request's records for Kafka and ``(event id, outcome, origin)`` of each event; raises
         ``Rejected``. The XML tree and the event objects end here, before the request waits
         on Kafka: a waiting request holds only its body and its encoded records."""
         budget = OutputBudget(len(body), self.settings.max_items)
@@ -111,7 +111,7 @@ class Ingress:
         events = [postback.to_event(received_at) for postback in postbacks_in(root, budget)]
         records = bounded_records(events, [("request_id", request_id.encode())], budget,
                                   max_record_bytes(self.settings))
-        return records, [(event.event_id, event.outcome.value) for event in events]
+        return records, [(event.event_id, event.outcome.value, event.origin) for event in events]
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes
@@ -177,7 +177,7 @@ def create_app(
 ) -> Starlette:
     """Build the ingress. Its lifespan starts the publisher unless it runs already, and
     flushes and stops it at shutdown, after the server has finished in-flight requests."""
-    metrics = metrics or IngestMetrics()
+    metrics = metrics or IngestMetrics(known_origins=settings.known_origins)
     ingress = Ingress(settings, publisher or Publisher(settings, metrics), metrics)
 
     @contextlib.asynccontextmanager

@@ -6,6 +6,9 @@ in one process and read each one's counts.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -21,9 +24,17 @@ disable_created_metrics()
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+# ORIGIN values the vendor documents (seed/passes-postback.md); PASSPOST_KNOWN_ORIGINS adds more.
+DOCUMENTED_ORIGINS = frozenset({"GENERATE_PASS"})
+OTHER_ORIGIN = "other"
+
+
 class IngestMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, known_origins: Iterable[str] = ()) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        # The origin label is bounded: a client must not be able to create series at will.
+        self._known_origins = DOCUMENTED_ORIGINS | frozenset(known_origins)
+        self._event_counters: dict[tuple[str, str], Any] = {}
         r = self.registry
         self.requests = Counter(
             "passpost_http_requests", "HTTP requests answered, by route, method and status.",
@@ -42,7 +53,8 @@ class IngestMetrics:
             ["topic", "error"], registry=r,
         )
         self.events = Counter(
-            "passpost_events_produced", "Events confirmed by Kafka, by outcome.", ["outcome"], registry=r,
+            "passpost_events_produced", "Events confirmed by Kafka, by outcome and origin (undocumented origins as "
+            "`other`).", ["outcome", "origin"], registry=r,
         )
         self.dead_letters = Counter(
             "passpost_dead_letters", "Request bodies written to the dead-letter topic, by reason.",
@@ -56,3 +68,10 @@ class IngestMetrics:
             "passpost_xml_recoveries", "Bodies accepted only after dropping a malformed root start tag.",
             registry=r,
         )
+
+    def count_event(self, outcome: str, origin: str) -> None:
+        key = (outcome, origin if origin in self._known_origins else OTHER_ORIGIN)
+        counter = self._event_counters.get(key)
+        if counter is None:  # `.labels()` locks and builds a key on every call; this runs per event
+            counter = self._event_counters[key] = self.events.labels(*key)
+        counter.inc()

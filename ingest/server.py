@@ -92,7 +92,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 async def serve(settings: Settings) -> None:
     sock = listening_socket(settings.host, settings.port)
-    metrics = IngestMetrics()
+    metrics = IngestMetrics(known_origins=settings.known_origins)
     publisher = Publisher(settings, metrics)
     await publisher.start()
     app = create_app(settings, publisher, metrics)

@@ -119,6 +119,11 @@ def _tokens(raw: str) -> tuple[str, ...]:
     return tokens
 
 
+def _names(raw: str) -> tuple[str, ...]:
+    """Comma-separated names, blanks dropped."""
+    return tuple(name.strip() for name in raw.split(",") if name.strip())
+
+
 def _readable_file(raw: str) -> str:
     path = raw.strip()
     if not path:
@@ -210,6 +215,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("topic_partitions", _positive_int, 6, "Partitions for `passpost topics`."),
     Setting("topic_replication_factor", _positive_int, 1,
             "Replication factor for `passpost topics` (use 3 in production)."),
+    Setting("schema_registry_url", _http_url, None,
+            "Confluent-compatible schema registry (e.g. `http://apicurio:8080/apis/ccompat/v7`). Set, events are "
+            "written in the Confluent wire format under the subject `<events topic>-value`; unset, Avro "
+            "single-object encoding."),
+    Setting("schema_registry_username", _string, None, "User name for the schema registry (HTTP Basic)."),
+    Setting("schema_registry_password", _string, None, "Password for the schema registry (HTTP Basic).",
+            secret=True),
+    Setting("schema_registry_ca_file", _readable_file, None,
+            "CA bundle (PEM) that signed the schema registry's certificate; the system's CAs when unset."),
+    Setting("schema_registry_auto_register", _boolean, True,
+            "The ingress registers the event schema at start when the registry lacks it; false where only "
+            "`passpost schema register` may (the ingress then refuses to start until it is registered)."),
     Setting("host", _string, "127.0.0.1", "Address `passpost serve` listens on."),
     Setting("port", _port, 8000, "Port `passpost serve` listens on."),
     Setting("ingest_tokens", _tokens, (),
@@ -217,6 +234,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ingest_open", _boolean, False,
             "Run the ingress without any token (refused unless set to true)."),
     Setting("max_body_bytes", _positive_int, 1024 * 1024, "Largest request body accepted (413 above)."),
+    Setting("known_origins", _names, (),
+            "ORIGIN values counted by name in `passpost_events_produced_total{origin}`, comma-separated, besides the "
+            "vendor's documented `GENERATE_PASS`; any other origin is counted as `other`."),
     Setting("max_items", _positive_int, 1000,
             "Most postbacks (items) one request may hold; 413 `too_many_items` above, body dead-lettered."),
     Setting("max_request_line_bytes", _int_at_least(256), 8 * 1024,
@@ -291,11 +311,17 @@ class Settings:
     dead_letter_topic: str
     topic_partitions: int
     topic_replication_factor: int
+    schema_registry_url: str | None
+    schema_registry_username: str | None
+    schema_registry_password: str | None = dataclasses.field(repr=False)
+    schema_registry_ca_file: str | None
+    schema_registry_auto_register: bool
     host: str
     port: int
     ingest_tokens: tuple[str, ...] = dataclasses.field(repr=False)
     ingest_open: bool
     max_body_bytes: int
+    known_origins: tuple[str, ...]
     max_items: int
     max_request_line_bytes: int
     max_header_bytes: int
@@ -366,6 +392,9 @@ def _check_consistency(settings: Settings) -> None:
     if (settings.kafka_ssl_cert_file is None) != (settings.kafka_ssl_key_file is None):
         missing = "KAFKA_SSL_KEY_FILE" if settings.kafka_ssl_key_file is None else "KAFKA_SSL_CERT_FILE"
         raise SettingsError(f"{PREFIX}{missing}: a client certificate and its key go together")
+    if (settings.schema_registry_username is None) != (settings.schema_registry_password is None):
+        missing = "USERNAME" if settings.schema_registry_username is None else "PASSWORD"
+        raise SettingsError(f"{PREFIX}SCHEMA_REGISTRY_{missing}: a schema registry user name and password go together")
 
 
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:

@@ -91,7 +91,7 @@ def test_vendor_example_lands_on_the_topic_and_decodes(client: TestClient, setti
 
     metrics = client.get("/metrics").text
     assert "passpost_xml_recoveries_total 1.0" in metrics
-    assert 'passpost_events_produced_total{outcome="SUCCESS"} 1.0' in metrics
+    assert 'passpost_events_produced_total{origin="GENERATE_PASS",outcome="SUCCESS"} 1.0' in metrics
 
 
 def test_redelivered_postback_keeps_its_event_id(client: TestClient, settings: Settings) -> None:
@@ -284,3 +284,20 @@ def test_the_log_line_of_a_refused_request_names_its_error_code(
     fields = [record.fields for record in caplog.records if record.name == "passpost.access"]  # type: ignore[attr-defined]
     assert [(entry["status"], entry.get("error")) for entry in fields] == [
         (422, "not_a_postback"), (401, "unauthorized"), (200, None)]
+
+
+def test_the_origin_label_stays_bounded_under_a_thousand_distinct_origins(settings: Settings) -> None:
+    app = create_app(settings.replace(known_origins=("ADD_PASS_DATA",)))
+    postbacks = "".join(f"<POSTBACK><ORIGIN>FUZZ_{i}</ORIGIN><STATUSCODE>N802</STATUSCODE></POSTBACK>"
+                        for i in range(998))
+    postbacks += ("<POSTBACK><ORIGIN>GENERATE_PASS</ORIGIN><STATUSCODE>N801</STATUSCODE></POSTBACK>"
+                  "<POSTBACK><ORIGIN>ADD_PASS_DATA</ORIGIN><STATUSCODE>N801</STATUSCODE></POSTBACK>")
+    with TestClient(app) as client:
+        assert post(client, f"<POSTBACKS>{postbacks}</POSTBACKS>".encode()).json()["events"] == 1000
+        series = [line for line in client.get("/metrics").text.splitlines()
+                  if line.startswith("passpost_events_produced_total{")]
+    assert sorted(series) == [
+        'passpost_events_produced_total{origin="ADD_PASS_DATA",outcome="SUCCESS"} 1.0',
+        'passpost_events_produced_total{origin="GENERATE_PASS",outcome="SUCCESS"} 1.0',
+        'passpost_events_produced_total{origin="other",outcome="FAILURE"} 998.0',
+    ]
