@@ -8,11 +8,14 @@ import hmac
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from rich.console import Console
 
@@ -20,7 +23,7 @@ from passpost.consumers import testing
 from passpost.consumers.analytics import AnalyticsConsumer
 from passpost.consumers.analytics.rebuild import rebuild
 from passpost.consumers.analytics.report import print_report
-from passpost.consumers.analytics.store import open_store
+from passpost.consumers.analytics.store import StoreLocked, open_store
 from tests.live import free_port
 
 pytestmark = pytest.mark.kafka
@@ -144,3 +147,68 @@ def test_a_dsn_whose_folder_cannot_be_created_is_one_line(kafka_bootstrap: str, 
     assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines() == ["passpost: error: PASSPOST_ANALYTICS_DSN: cannot create the folder /proc/x "
                                           "of DuckDB file /proc/x/a.duckdb: No such file or directory"]
+
+
+def test_report_works_while_the_consumer_holds_the_duckdb_file_and_says_when_the_data_is_older(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    """DuckDB lets no other process read a file one writes: the running consumer answers for it. The
+    vendor's example is dated 2013: the report says why its last 24 hours are empty."""
+    dsn = f"duckdb:///{tmp_path}/analytics.duckdb"
+    settings = testing.settings_for(kafka_bootstrap, analytics_dsn=dsn)
+    generated = datetime(2013, 11, 26, 11, 37, 11, tzinfo=UTC)
+    testing.produce(settings, [testing.event(status_code="N811", generated_at=generated),
+                               testing.event(status_code="N801", generated_at=generated)])
+    port = free_port()
+    env = {**os.environ, "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "PASSPOST_ANALYTICS_DSN": dsn,
+           "PASSPOST_EVENTS_TOPIC": settings.events_topic, "PASSPOST_CONSUMER_GROUP": settings.consumer_group or "",
+           "PASSPOST_CONSUMER_PORT": str(port)}
+    log = tmp_path / "consume.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "passpost", "consume", "analytics"], env=env,
+                                   stdout=sink, stderr=sink)
+    try:
+        deadline = time.monotonic() + 60
+        while 'passpost_consumer_events_total{consumer="analytics"} 2.0' not in _get(f"http://127.0.0.1:{port}/metrics"):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        with pytest.raises(StoreLocked):  # what `report` met before
+            open_store(dsn, read_only=True)
+        result = subprocess.run([sys.executable, "-m", "passpost", "report"], env=env, capture_output=True,
+                                text=True, timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+        assert "2 postbacks" in result.stdout and "N811" in result.stdout
+        assert "the latest postback is from 2013-11-26 11:00 UTC" in " ".join(result.stdout.split())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0, log.read_text()
+    assert not (tmp_path / "analytics.duckdb.serving").exists()
+    # Stopped, the file is read directly again, with the same answer.
+    result = subprocess.run([sys.executable, "-m", "passpost", "report"], env=env, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0 and "2 postbacks" in result.stdout, result.stderr
+
+
+def test_a_locked_duckdb_file_with_no_consumer_to_ask_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "analytics.duckdb"
+    hold = f"import duckdb, sys; c = duckdb.connect({str(path)!r}); print('open', flush=True); sys.stdin.read()"
+    holder = subprocess.Popen([sys.executable, "-c", hold],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"open\n"
+        result = subprocess.run([sys.executable, "-m", "passpost", "report"],
+                                env={**os.environ, "PASSPOST_ANALYTICS_DSN": f"duckdb:///{path}"},
+                                capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        holder.communicate(b"")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"passpost: error: cannot open DuckDB file {path}: ") and "Conflicting lock" in line
+    assert line.endswith("(and no running analytics consumer says where to ask instead: stop the process that "
+                         "holds it)")
+
+
+def _get(url: str) -> str:
+    try:
+        return httpx.get(url, timeout=5).text
+    except httpx.HTTPError:
+        return ""

@@ -17,13 +17,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import TopicPartition
 
+from passpost.consumers.analytics import serving
 from passpost.consumers.analytics.store import Store, extra_json, open_store
 from passpost.consumers.runtime import Batch, Consumer, identity
+from passpost.consumers.runtime.health import Route
 from passpost.schemas.event import PassPostback
 from passpost.settings import Settings
 from passpost.topic_metadata import TopicIdentity
@@ -39,6 +42,25 @@ class AnalyticsConsumer(Consumer):
         super().__init__(settings)
         self.store: Store | None = None
         self._key: bytes = b""
+        # One store call at a time: a batch's write and a report's query share the connection.
+        self._store_lock = asyncio.Lock()
+        self._duckdb = serving.duckdb_path(settings.analytics_dsn)
+        self._url: str | None = None
+
+    def routes(self) -> Mapping[str, Route]:
+        # DuckDB only: while this process holds the file, no other may read it (see serving.py).
+        return {serving.SUMMARY_PATH: self._summary} if self._duckdb is not None else {}
+
+    def serving_at(self, url: str) -> None:
+        self._url = url
+
+    async def _summary(self, query: Mapping[str, str]) -> tuple[str, bytes]:
+        if self.store is None:
+            raise RuntimeError("the store is not open yet")
+        now = datetime.fromisoformat(query["now"]) if "now" in query else datetime.now(UTC)
+        async with self._store_lock:
+            summary = await asyncio.to_thread(self.store.summary, now)
+        return "application/json", summary.to_json().encode()
 
     async def start(self) -> None:
         # The stores' drivers block; one worker thread keeps the event loop (and the
@@ -47,10 +69,13 @@ class AnalyticsConsumer(Consumer):
         await asyncio.to_thread(self.store.ensure_schema)
         if self.settings.analytics_reference_value == "hash":
             self._key = await asyncio.to_thread(self.store.hash_key, self.settings.analytics_hash_key)
+        if self._duckdb is not None and self._url is not None:
+            await asyncio.to_thread(serving.advertise, self._duckdb, self._url)
 
     async def check_topic(self, topic: str, current: TopicIdentity) -> None:
         assert self.store is not None
-        await asyncio.to_thread(self._check_topic, self.store, topic, current)
+        async with self._store_lock:
+            await asyncio.to_thread(self._check_topic, self.store, topic, current)
 
     @staticmethod
     def _check_topic(store: Store, topic: str, current: TopicIdentity) -> None:
@@ -64,7 +89,8 @@ class AnalyticsConsumer(Consumer):
         assert self.store is not None
         stored: dict[TopicPartition, int] = {}
         for topic in {tp.topic for tp in partitions}:
-            by_partition = await asyncio.to_thread(self.store.load_offsets, topic)
+            async with self._store_lock:
+                by_partition = await asyncio.to_thread(self.store.load_offsets, topic)
             stored.update({tp: by_partition[tp.partition] for tp in partitions
                            if tp.topic == topic and tp.partition in by_partition})
         return stored
@@ -77,7 +103,8 @@ class AnalyticsConsumer(Consumer):
             if item.event.event_id not in rows:
                 rows[item.event.event_id] = self.row(item.event, item.topic, item.partition, item.offset)
         offsets = {(tp.topic, tp.partition): offset for tp, offset in batch.next_offsets.items()}
-        await asyncio.to_thread(self.store.write, list(rows.values()), offsets)
+        async with self._store_lock:
+            await asyncio.to_thread(self.store.write, list(rows.values()), offsets)
 
     def reference(self, value: str | None) -> str | None:
         mode = self.settings.analytics_reference_value
@@ -94,5 +121,8 @@ class AnalyticsConsumer(Consumer):
                 event.received_at, extra_json(event.extra), topic, partition, offset)
 
     async def close(self) -> None:
+        if self._duckdb is not None:
+            serving.withdraw(self._duckdb)
         if self.store is not None:
-            await asyncio.to_thread(self.store.close)
+            async with self._store_lock:
+                await asyncio.to_thread(self.store.close)

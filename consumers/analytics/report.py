@@ -1,4 +1,8 @@
-"""``passpost report``: a terminal summary of the analytics store."""
+"""``passpost report``: a terminal summary of the analytics store.
+
+On DuckDB while the analytics consumer runs (it holds the file), the consumer answers
+instead (``serving.py``): same query, same summary.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,27 @@ from datetime import UTC, datetime
 from rich.console import Console
 from rich.table import Table
 
-from passpost.consumers.analytics.store import open_store
+from passpost.consumers.analytics import serving
+from passpost.consumers.analytics.store import StoreLocked, Summary, open_store
 from passpost.settings import Settings
+
+
+def read_summary(settings: Settings, now: datetime) -> Summary:
+    try:
+        store = open_store(settings.analytics_dsn, read_only=True)
+    except StoreLocked as locked:
+        database = serving.duckdb_path(settings.analytics_dsn)
+        assert database is not None  # only DuckDB locks
+        return serving.ask(database, now, locked)
+    try:
+        return store.summary(now)
+    finally:
+        store.close()
 
 
 def print_report(settings: Settings, console: Console | None = None, now: datetime | None = None) -> None:
     console = console or Console()
-    store = open_store(settings.analytics_dsn, read_only=True)
-    try:
-        summary = store.summary(now or datetime.now(UTC))
-    finally:
-        store.close()
+    summary = read_summary(settings, now or datetime.now(UTC))
     console.print(f"[bold]{summary.total}[/bold] postbacks in {settings.analytics_dsn.split('@')[-1]}")
 
     outcomes = Table("outcome", "postbacks", title="By outcome", title_justify="left")
@@ -26,7 +40,8 @@ def print_report(settings: Settings, console: Console | None = None, now: dateti
     codes = Table("status code", "outcome", "postbacks", title="By status code", title_justify="left")
     for code, outcome, count in summary.by_status_code:
         codes.add_row(code, outcome, str(count))
-    hours = Table("hour (UTC)", "postbacks", "failures", title="Last 24 hours", title_justify="left")
+    hours = Table("hour (UTC)", "postbacks", "failures", title="Last 24 hours", title_justify="left",
+                  caption=stale_note(summary), caption_justify="left")
     for hour, count, failures in summary.last_24h:
         hours.add_row(f"{hour:%Y-%m-%d %H:00}", str(count), str(failures))
     failures_table = Table("received (UTC)", "status code", "origin", "serial number", "custom pass id",
@@ -35,3 +50,11 @@ def print_report(settings: Settings, console: Console | None = None, now: dateti
         failures_table.add_row(f"{received:%Y-%m-%d %H:%M:%S}", code, origin, serial or "", custom or "")
     for table in (outcomes, codes, hours, failures_table):
         console.print(table)
+
+
+def stale_note(summary: Summary) -> str | None:
+    """Why "Last 24 hours" is empty though the store is not: every postback is older than the window."""
+    if summary.latest is None or summary.latest >= summary.since:
+        return None
+    return (f"Nothing in the last 24 hours: the latest postback is from {summary.latest:%Y-%m-%d %H:00} UTC "
+            "(the hour the vendor generated it, else when it was received).")

@@ -53,6 +53,10 @@ class StoreUnavailable(Exception):
     """The store cannot be reached or refused the write. The message is one line."""
 
 
+class StoreLocked(StoreUnavailable):
+    """Another process writes the DuckDB file (DuckDB allows one writer process, and no reader beside it)."""
+
+
 @dataclass(frozen=True)
 class Summary:
     total: int
@@ -60,10 +64,41 @@ class Summary:
     by_status_code: list[tuple[str, str, int]]
     last_24h: list[tuple[datetime, int, int]]  # hour, postbacks, failures
     latest_failures: list[tuple[datetime, str, str, str | None, str | None]]
+    since: datetime  # the first hour of last_24h
+    latest: datetime | None  # hour of the newest postback (generated_at, else received_at), as last_24h counts
+
+    def to_json(self) -> str:
+        """For `passpost report` asking a running consumer (``serving.py``): datetimes in ISO 8601."""
+        def plain(value: Any) -> Any:
+            if isinstance(value, datetime):
+                return value.isoformat()
+            if isinstance(value, list | tuple):
+                return [plain(item) for item in value]
+            return value
+
+        return json.dumps({name: plain(getattr(self, name)) for name in self.__dataclass_fields__})
+
+    @classmethod
+    def from_json(cls, text: str) -> Summary:
+        raw = json.loads(text)
+
+        def moment(value: str | None) -> datetime | None:
+            return None if value is None else datetime.fromisoformat(value)
+
+        return cls(
+            total=raw["total"], by_outcome=[(o, n) for o, n in raw["by_outcome"]],
+            by_status_code=[(s, o, n) for s, o, n in raw["by_status_code"]],
+            last_24h=[(datetime.fromisoformat(h), n, f) for h, n, f in raw["last_24h"]],
+            latest_failures=[(datetime.fromisoformat(r), s, o, serial, custom)
+                             for r, s, o, serial, custom in raw["latest_failures"]],
+            since=datetime.fromisoformat(raw["since"]), latest=moment(raw["latest"]))
 
 
 def _utc(value: datetime | None) -> datetime | None:
-    return None if value is None else value.astimezone(UTC)
+    if value is None:
+        return None
+    # DuckDB's TIMESTAMP is naive UTC; PostgreSQL's TIMESTAMPTZ is aware.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Store:
@@ -132,6 +167,8 @@ class Store:
             latest_failures=[(_utc(r), str(s), str(o), serial, custom) for r, s, o, serial, custom in self._execute(
                 "SELECT received_at, status_code, origin, serial_number, custom_pass_id FROM pass_postbacks "
                 "WHERE outcome = 'FAILURE' ORDER BY received_at DESC LIMIT 10")],  # type: ignore[misc]
+            since=_utc(since),  # type: ignore[arg-type]
+            latest=_utc(self._execute("SELECT max(hour) FROM pass_postbacks_hourly")[0][0]),
         )
 
     def _since(self, now: datetime) -> Any:
@@ -154,6 +191,8 @@ class DuckDBStore(Store):
         try:
             self.connection = duckdb.connect(path, read_only=read_only)
         except duckdb.Error as error:
+            if "Conflicting lock" in str(error):
+                raise StoreLocked(f"cannot open DuckDB file {path}: {error}".splitlines()[0]) from None
             raise StoreUnavailable(f"cannot open DuckDB file {path}: {error}".splitlines()[0]) from None
         self.connection.execute("SET TimeZone = 'UTC'")
 

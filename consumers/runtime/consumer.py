@@ -21,12 +21,13 @@ The contract, which is all a consumer author needs to know:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
+from passpost.consumers.runtime.health import Route
 from passpost.schemas.event import PassPostback
 from passpost.settings import Settings
 from passpost.topic_metadata import TopicIdentity
@@ -71,6 +72,13 @@ class Consumer:
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
         """Put the consumer's own metrics on the runtime's ``/metrics``. Called before ``start``."""
+
+    def routes(self) -> Mapping[str, Route]:
+        """GET paths of the consumer's own, served on the runtime's HTTP port beside ``/metrics``."""
+        return {}
+
+    def serving_at(self, url: str) -> None:
+        """Called before ``start`` with the base URL of the runtime's HTTP port (where ``routes`` answer)."""
 
     async def start(self) -> None:
         """Open connections. Called once before the first batch."""

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -50,10 +51,17 @@ class ConsumerMetrics:
         self._dead_letters.labels(self.consumer, reason).inc()
 
 
+# A consumer's own GET endpoint: the query's parameters in, (content type, body) out.
+Route = Callable[[Mapping[str, str]], Awaitable[tuple[str, bytes]]]
+
+
 async def serve_health(
-    host: str, port: int, metrics: ConsumerMetrics, not_ready: Callable[[], str | None]
+    host: str, port: int, metrics: ConsumerMetrics, not_ready: Callable[[], str | None],
+    routes: Mapping[str, Route] | None = None,
 ) -> asyncio.Server:
-    """``not_ready()`` is None when ready, else the reason /readyz gives with its 503."""
+    """``not_ready()`` is None when ready, else the reason /readyz gives with its 503. ``routes`` are the
+    consumer's own paths (``Consumer.routes()``); one that raises answers 503 with the error's type."""
+    routes = routes or {}
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(Exception):
@@ -62,8 +70,14 @@ async def serve_health(
             while await asyncio.wait_for(reader.readline(), 5) not in (b"\r\n", b"\n", b""):
                 pass
             parts = request.decode("latin-1").split()
-            path = parts[1].split("?")[0] if len(parts) > 1 else ""
-            if path == "/metrics":
+            path, _, query = (parts[1] if len(parts) > 1 else "").partition("?")
+            if path in routes:
+                try:
+                    ctype, body = await routes[path](dict(urllib.parse.parse_qsl(query)))
+                    status = "200 OK"
+                except Exception as error:  # noqa: BLE001 (answered, not raised: the server stays up)
+                    status, ctype, body = "503 Service Unavailable", "text/plain", f"{type(error).__name__}\n".encode()
+            elif path == "/metrics":
                 status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(metrics.registry)
             elif path == "/healthz":
                 status, ctype, body = "200 OK", "text/plain", b"ok\n"

@@ -31,6 +31,7 @@ from passpost.consumers.runtime.errors import CannotRun
 from passpost.consumers.runtime.health import ConsumerMetrics, serve_health
 from passpost.kafka import KafkaUnavailable, client_options, create_topics, describe, start_client
 from passpost.schemas.codec import DecodeError, decode
+from passpost.schemas.registry import RegistryConfig, RegistryMetrics, RegistryResolver
 from passpost.settings import Settings
 from passpost.topic_metadata import TopicIdsUnsupported, TopicMetadata
 
@@ -95,6 +96,10 @@ class Runner:
         self.written: dict[TopicPartition, int] = {}  # next offset per partition, for lag
         self._kafka: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        registry = RegistryConfig.from_settings(settings)
+        # Confluent-framed events name their writer schema by registry id: fetched once per id, cached.
+        self._resolver = None if registry is None else RegistryResolver(
+            registry, self.topic, RegistryMetrics(self.metrics.registry))
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -120,6 +125,9 @@ class Runner:
         started = False
         try:
             self.consumer.register_metrics(self.metrics.registry)
+            self.consumer.serving_at(self.url)
+            if self._resolver is not None:  # unreachable or refusing: RegistryUnavailable, one line, exit 1
+                await self._resolver.start()
             await self.consumer.start()
             started = True
             await start_client(self._producer, self.settings)
@@ -144,6 +152,8 @@ class Runner:
             with contextlib.suppress(Exception):
                 await self._producer.stop()
             await self.consumer.close()
+            if self._resolver is not None:
+                await self._resolver.close()
             server.close()
             if started:  # a consumer that could not start says why once, not that it stopped
                 log.info("consumer %s stopped", self.name)
@@ -151,7 +161,8 @@ class Runner:
     async def _serve_health(self) -> asyncio.Server:
         self.metrics.track(lambda: time.monotonic() - self._last_commit, self.not_ready)
         try:
-            return await serve_health(self.settings.host, self.health_port, self.metrics, self.not_ready)
+            return await serve_health(self.settings.host, self.health_port, self.metrics, self.not_ready,
+                                      self.consumer.routes())
         except OSError as error:
             where = f"{self.settings.host}:{self.health_port}"
             if error.errno == errno.EADDRINUSE:
@@ -159,6 +170,13 @@ class Runner:
                                 f"({where}, for /readyz and /metrics)") from None
             raise CannotRun(f"PASSPOST_CONSUMER_PORT: cannot listen on {where} "
                             f"(PASSPOST_HOST is the address): {error.strerror or error}") from None
+
+    @property
+    def url(self) -> str:
+        """Where the runtime's HTTP port answers (on this machine, when it listens on every address)."""
+        host = self.settings.host
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+        return f"http://[{host}]:{self.health_port}" if ":" in host else f"http://{host}:{self.health_port}"
 
     def not_ready(self) -> str | None:
         """Why /readyz answers 503, or None when it answers 200."""
@@ -279,10 +297,13 @@ class Runner:
     async def _prepare(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> Batch:
         items: list[Item] = []
         next_offsets: dict[TopicPartition, int] = {}
+        if self._resolver is not None and not await self._resolver.learn(
+                (record.value for records in fetched.values() for record in records), self.stopping):
+            raise _Stopped  # stopped while the registry did not answer: nothing of this batch is used
         for tp, records in fetched.items():
             for record in records:
                 try:
-                    event = decode(record.value)
+                    event = decode(record.value, resolver=self._resolver)
                 except DecodeError as error:
                     await self._dead_letter(record, "undecodable", str(error))
                     continue
