@@ -98,8 +98,12 @@ def dev(port: int | None) -> None:
     """Run the whole pipeline on this machine, with a local Kafka unless one is configured."""
     settings = _settings(port=port)
     from passpost.dev import run
+    from passpost.ingest.server import PortUnavailable
 
-    run(settings)
+    try:
+        run(settings)
+    except PortUnavailable as error:
+        raise Unavailable(str(error)) from None
 
 
 @cli.group()

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,9 +46,9 @@ def kafka_for(settings: Settings) -> Iterator[Settings]:
     if "PASSPOST_KAFKA_BOOTSTRAP_SERVERS" in os.environ:
         yield settings
         return
-    from passpost.localkafka import LocalKafka, LocalKafkaError
+    from passpost.localkafka import LocalKafka, LocalKafkaError, kafka_jars_cached
 
-    click.echo("Starting a local Kafka broker (the first run downloads its jars from Maven Central)...", err=True)
+    click.echo(starting_message(downloads=not kafka_jars_cached()), err=True)
     try:
         broker = LocalKafka(LOCAL_KAFKA_DIR.absolute()).start()  # the JVM runs in that folder
     except LocalKafkaError as error:
@@ -58,6 +58,31 @@ def kafka_for(settings: Settings) -> Iterator[Settings]:
         yield settings.replace(kafka_bootstrap_servers=broker.bootstrap_servers)
     finally:
         broker.close()
+
+
+def starting_message(*, downloads: bool) -> str:
+    """Maven Central is named only when the jars are not in the cache yet (the first run)."""
+    return "Starting a local Kafka broker" + (" (downloading its jars from Maven Central first)" if downloads else "") \
+        + "..."
+
+
+def report_command() -> str:
+    """`passpost report` as this shell can run it: the installed script by its path unless it is on PATH."""
+    script = Path(sys.executable).parent / "passpost"
+    if not script.exists():
+        return f"{shlex.quote(sys.executable)} -m passpost report"
+    on_path = shutil.which("passpost")
+    if on_path is not None and Path(on_path).resolve() == script.resolve():
+        return "passpost report"
+    with contextlib.suppress(ValueError):
+        script = script.relative_to(Path.cwd())  # .venv/bin/passpost in the checkout
+    return f"{shlex.quote(str(script))} report"
+
+
+def report_hint() -> str:
+    makefile = Path("Makefile")
+    in_checkout = makefile.is_file() and "\nreport:" in makefile.read_text()
+    return f"`{report_command()}`" + (" (or `make report`)" if in_checkout else "")
 
 
 DEV_CONSUMERS = ("analytics", "alerts")
@@ -104,23 +129,12 @@ def curl_command(settings: Settings, token: str) -> str:
     )
 
 
-def ensure_port_free(host: str, port: int) -> None:
-    """Fail before starting anything when the ingress's port is taken: one line naming the setting."""
-    with socket.socket() as sock:
-        # As uvicorn binds: a port in TIME_WAIT after a previous run is free.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as error:
-            problem = "is already in use" if error.errno == errno.EADDRINUSE else f"cannot be used ({error.strerror})"
-            raise click.ClickException(f"PASSPOST_PORT: port {port} on {host} {problem} "
-                                       "(choose another with --port or PASSPOST_PORT)") from None
-
-
 def run(settings: Settings) -> None:
+    from passpost.ingest.server import listening_socket
     from passpost.ingest.server import run as serve
 
-    ensure_port_free(settings.host, settings.port)
+    # Before anything starts: a taken port is one line naming the setting, as for `passpost serve`.
+    listening_socket(settings.host, settings.port).close()
 
     token = settings.ingest_tokens[0] if settings.ingest_tokens else secrets.token_urlsafe(18)
     settings = settings.replace(ingest_tokens=settings.ingest_tokens or (token,))
@@ -130,7 +144,8 @@ def run(settings: Settings) -> None:
             click.echo(
                 f"\nThe ingress listens on http://{settings.host}:{settings.port} with token {token}\n"
                 f"Consumers: {', '.join(consumers)}; analytics in {settings.analytics_dsn}, "
-                "alerts in this terminal. `passpost report` shows what the store holds.\n"
+                f"alerts in this terminal. {report_hint()} shows what the store holds (from another "
+                "terminal too).\n"
                 f"Post the vendor's example (change N801 to N811 to see an alert):\n\n"
                 f"{curl_command(settings, token)}\n\n"
                 "Ctrl-C stops everything.\n",

@@ -81,6 +81,11 @@ def cache_root(cache_dir: Path | None = None) -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "passpost"
 
 
+def kafka_jars_cached(cache_dir: Path | None = None) -> bool:
+    """Whether ``ensure_kafka_jars`` has nothing to download."""
+    return (cache_root(cache_dir) / f"kafka-{KAFKA_VERSION}" / _COMPLETE_MARKER).exists()
+
+
 def ensure_kafka_jars(cache_dir: Path | None = None, *, quiet: bool = True) -> Path:
     """Return the folder holding Kafka's broker jars and every runtime dependency.
 
@@ -905,6 +910,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _fetch(*, verbose: bool, jars_only: bool) -> int:
     started = time.monotonic()
+    if not kafka_jars_cached():
+        print(f"Downloading Kafka {KAFKA_VERSION}'s jars from Maven Central (once; they are cached)...", flush=True)
     libs = ensure_kafka_jars(quiet=not verbose)
     print(f"Kafka {KAFKA_VERSION} jars in {libs} ({time.monotonic() - started:.1f} s)")
     prepared = (libs.parent / _STORAGE_TEMPLATE).is_dir() and _class_archive(libs, _java()).exists()

@@ -59,12 +59,29 @@ class Dev:
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)  # type: ignore[no-any-return]
 
+    def consumer_urls(self) -> dict[str, str]:
+        """Each consumer's HTTP port, as the banner prints it."""
+        return {name: url.removesuffix("/metrics")
+                for name, url in re.findall(r"(\w+) \(metrics on (\S+)\)", self.output)}
+
+    def wait_for(self, pattern: str) -> None:
+        while not re.search(pattern, self.output):
+            assert time.monotonic() < self.deadline and self.process.poll() is None, self.output
+            time.sleep(0.3)
+
     def wait_for_analytics(self, events: int) -> None:
         """Until the analytics consumer (its metrics address is printed) has written ``events``."""
         metrics = re.search(r"analytics \(metrics on (\S+)\)", self.output).group(1)  # type: ignore[union-attr]
         while f'passpost_consumer_events_total{{consumer="analytics"}} {events}.0' not in _text(metrics):
             assert time.monotonic() < self.deadline and "passpost: error" not in self.output, self.output
             time.sleep(0.3)
+
+
+def _status(url: str) -> int | None:
+    try:
+        return httpx.get(url, timeout=5).status_code
+    except httpx.HTTPError:  # not listening yet
+        return None
 
 
 def _text(url: str) -> str:
@@ -86,6 +103,11 @@ def running_dev(cwd: Path, env: dict[str, str], log: Path) -> Iterator[Dev]:
             assert process.poll() is None, dev.output
             assert time.monotonic() < dev.deadline, dev.output
             time.sleep(0.3)
+        # Up means the consumers too: each has its partitions (its /readyz answers 200).
+        for url in dev.consumer_urls().values():
+            while _status(url + "/readyz") != 200:
+                assert process.poll() is None and time.monotonic() < dev.deadline, dev.output
+                time.sleep(0.3)
         yield dev
     finally:
         process.send_signal(signal.SIGINT)
@@ -115,12 +137,23 @@ def test_dev_runs_the_pipeline_and_prints_a_curl_whose_postback_lands_everywhere
         assert event["event_id"] == answer["event_ids"][0]
         assert event["serial_number"] == "5294CE37878AE-112613-113711"
 
-        # The developer's next step: an N811 shows up as an alert in the same terminal.
+        # The developer's next step: an N811 shows up as an alert in the same terminal (the alert's
+        # own line: the alerts consumer's start-up line names N811 among its rules).
         assert dev.post("N811")["events"] == 1
-        while "N811" not in dev.output:
-            assert time.monotonic() < dev.deadline, dev.output
-            time.sleep(0.3)
+        dev.wait_for(r"alert \[FIRING:critical\] .*status_code=N811")
         dev.wait_for_analytics(2)  # ...and the analytics consumer has both postbacks
+        # The banner's report command works from a new shell (no venv on PATH) while dev runs.
+        command = re.search(r"`([^`]+ report)` \(or `make report`\)|`([^`]+ report)`", dev.output)
+        assert command is not None, dev.output
+        shell = subprocess.run(["bash", "-c", command.group(1) or command.group(2)], cwd=tmp_path, capture_output=True,
+                               text=True, timeout=60, check=False,
+                               env={**env, "PATH": "/usr/bin:/bin", "COLUMNS": "200"})
+        assert shell.returncode == 0, shell.stderr
+        assert "2 postbacks" in shell.stdout
+        # The example is dated 2013: the report says why its last 24 hours are empty.
+        assert "the latest postback is from 2013-11-26" in " ".join(shell.stdout.split())
+    # Its jars are cached (the session's broker fetched them): Maven Central is not mentioned.
+    assert "Maven Central" not in dev.output
     printed = report(tmp_path, env)
     assert "N811" in printed and "N801" in printed
 
@@ -149,3 +182,15 @@ def test_dev_with_its_port_taken_is_one_line_naming_the_setting(tmp_path: Path) 
     assert result.returncode == 1
     assert result.stderr.splitlines() == [f"passpost: error: PASSPOST_PORT: port {env['PASSPOST_PORT']} on 127.0.0.1 "
                                           "is already in use (choose another with --port or PASSPOST_PORT)"]
+
+
+def test_maven_central_is_named_only_when_the_jars_are_downloaded(tmp_path: Path) -> None:
+    from passpost.dev import starting_message
+    from passpost.localkafka import KAFKA_VERSION, kafka_jars_cached
+
+    assert not kafka_jars_cached(tmp_path)
+    (tmp_path / f"kafka-{KAFKA_VERSION}").mkdir()
+    (tmp_path / f"kafka-{KAFKA_VERSION}" / "libs.complete").write_text("kafka_2.13.jar\n")
+    assert kafka_jars_cached(tmp_path)
+    assert "Maven Central" in starting_message(downloads=True)
+    assert "Maven Central" not in starting_message(downloads=False)
