@@ -53,10 +53,14 @@ def test_the_objective_is_one_value_in_one_place() -> None:
     assert "0.01" not in rules and "0.1" not in rules, "the budget is derived from the objective, not written out"
 
 
-def test_the_rules_pass_promtool_check() -> None:
-    result = subprocess.run([promtool(), "check", "rules", str(SOURCE)], capture_output=True, text=True,
-                            timeout=60, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_both_forms_pass_promtool_check(tmp_path: Path) -> None:
+    (rule,) = [r for r in of_kind(render("production"), "PrometheusRule") if r["metadata"]["name"] == "passpost-slo"]
+    rendered = tmp_path / "from-prometheusrule.yml"
+    rendered.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    for path in (SOURCE, rendered):
+        result = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, text=True,
+                                timeout=60, check=False)
+        assert result.returncode == 0 and "SUCCESS: 13 rules found" in result.stdout, result.stdout + result.stderr
 
 
 UNIT_TESTS = [
