@@ -11,11 +11,12 @@ jars), outside the clone: CI runs in a fresh clone each time, and a warm storage
 the base image and the build's layers between runs on one machine. A fresh machine
 builds everything from scratch:
 
-- the base, ``localhost/passpost-base-python311:bookworm-<recipe>``: Docker Hub is out of
-  reach, so Debian bookworm's Python 3.11 is bootstrapped with ``mmdebstrap`` from the
-  machine's own apt sources and imported (about a minute); ``<recipe>`` changes with the
-  command, so a changed recipe builds a new base;
-- the image: ``podman build --build-arg PYTHON_IMAGE=<base>``. pip inside the build reaches
+- the bases, ``localhost/passpost-{runtime,build}-base-python311:bookworm-<recipe>``:
+  Docker Hub is out of reach, so Debian bookworm's Python 3.11 is bootstrapped with
+  ``mmdebstrap`` from the machine's own apt sources and imported (under a minute each);
+  ``<recipe>`` changes with the command, so a changed recipe builds a new base;
+- the image: ``podman build --build-arg PYTHON_IMAGE=<runtime base> --build-arg
+  BUILD_IMAGE=<build base>``. pip inside the build reaches
   PyPI only with the host's pip configuration and CA bundle, which are mounted for the
   build stage only (``--target build``); the runtime stage is then built without any
   mount (the build stage comes from the layer cache), so no trace of them is in the image.
@@ -59,14 +60,14 @@ events_logger = "file"
 runtime = "runc"
 """
 
-# The base: Debian's minimal system plus Python. Documentation, manual pages and
-# translations are left out (dpkg path excludes, as Debian's own slim images do), and
-# apt's package lists are dropped after the bootstrap. merged-usr by mmdebstrap's hook
-# rather than the usrmerge package, which would pull in the whole of Perl.
-MMDEBSTRAP_OPTIONS = (
-    "--variant=minbase",
+# The bases: Debian's Python 3.11. Documentation, manual pages and translations are left
+# out (dpkg path excludes, as Debian's own slim images do), apt's package lists are dropped
+# after the bootstrap, and /usr is merged by mmdebstrap's hook rather than the usrmerge
+# package, which would pull in the whole of Perl. The runtime's base is Debian's essential
+# set plus Python (no apt: nothing installs packages at run time); the build stage's has
+# apt (for binutils) and python3-venv.
+_SLIM = (
     "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
-    f"--include={','.join(PYTHON_PACKAGES)}",
     "--dpkgopt=path-exclude=/usr/share/doc/*",
     "--dpkgopt=path-include=/usr/share/doc/*/copyright",
     "--dpkgopt=path-exclude=/usr/share/man/*",
@@ -74,6 +75,10 @@ MMDEBSTRAP_OPTIONS = (
     "--dpkgopt=path-exclude=/usr/share/info/*",
     '--customize-hook=rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin "$1"/var/log/apt/* "$1"/var/log/dpkg.log',
 )
+MMDEBSTRAP_OPTIONS = {
+    "runtime": ("--variant=essential", "--include=python3,python-is-python3,ca-certificates,passwd,libstdc++6", *_SLIM),
+    "build": ("--variant=minbase", f"--include={','.join(PYTHON_PACKAGES)}", *_SLIM),
+}
 BASE_CHANGES = ('CMD ["python3"]', "ENV LANG=C.UTF-8")
 
 
@@ -134,10 +139,11 @@ def image_exists(name: str) -> bool:
     return podman("image", "exists", name, check=False).returncode == 0
 
 
-def base_image() -> str:
-    """The Debian bookworm Python 3.11 base, made with mmdebstrap the first time."""
-    recipe = hashlib.sha256(json.dumps([MMDEBSTRAP_OPTIONS, BASE_CHANGES]).encode()).hexdigest()[:12]
-    name = f"localhost/passpost-base-python311:bookworm-{recipe}"
+def base_image(stage: str = "runtime") -> str:
+    """A Debian bookworm Python 3.11 base ("runtime" or "build"), made with mmdebstrap the first time."""
+    options = MMDEBSTRAP_OPTIONS[stage]
+    recipe = hashlib.sha256(json.dumps([options, BASE_CHANGES]).encode()).hexdigest()[:12]
+    name = f"localhost/passpost-{stage}-base-python311:bookworm-{recipe}"
     if image_exists(name):
         return name
     mmdebstrap = shutil.which("mmdebstrap")
@@ -150,12 +156,17 @@ def base_image() -> str:
             rootfs = Path(workdir) / "rootfs.tar"
             sources = [str(APT_SOURCES)] if APT_SOURCES.exists() else []
             started = time.monotonic()
-            result = subprocess.run([mmdebstrap, *MMDEBSTRAP_OPTIONS, "--format=tar", "bookworm", str(rootfs), *sources],
+            result = subprocess.run([mmdebstrap, *options, "--format=tar", "bookworm", str(rootfs), *sources],
                                     capture_output=True, text=True, timeout=1800, check=False)
             assert result.returncode == 0, f"mmdebstrap failed:\n{result.stderr[-4000:]}"
             changes = [arg for change in BASE_CHANGES for arg in ("--change", change)]
             podman("import", *changes, str(rootfs), name, timeout=600)
             print(f"base image {name} made in {time.monotonic() - started:.0f} s")
+        # Bases of earlier recipes: no longer used, ~130 MB each.
+        repository = name.rsplit(":", 1)[0]
+        listed = podman("images", "--format", "{{.Repository}}:{{.Tag}}", repository, check=False).stdout.split()
+        for old in set(listed) - {name}:
+            podman("rmi", old, check=False)
     return name
 
 
@@ -177,9 +188,9 @@ def _snapshot(target: Path) -> Path:
 
 def build_image(tag: str = IMAGE) -> str:
     """``podman build`` of deploy/Dockerfile on the Debian base; returns ``tag``."""
-    base = base_image()
     common = ["build", "--network", "host", "--ignorefile", "deploy/Dockerfile.dockerignore",
-              "--build-arg", f"PYTHON_IMAGE={base}", "-f", "deploy/Dockerfile"]
+              "--build-arg", f"PYTHON_IMAGE={base_image('runtime')}",
+              "--build-arg", f"BUILD_IMAGE={base_image('build')}", "-f", "deploy/Dockerfile"]
     mounts = [f"--volume={path}:{path}:ro" for path in (HOST_CA_BUNDLE, HOST_PIP_CONF) if path.exists()]
     with _lock("build"), tempfile.TemporaryDirectory(prefix="passpost-context-") as workdir:
         # Both passes build one snapshot of the sources: the second must find the first's
