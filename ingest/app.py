@@ -110,7 +110,7 @@ class Ingress:
             self.metrics.recoveries.inc()
         events = [postback.to_event(received_at) for postback in postbacks_in(root, budget)]
         records = bounded_records(events, [("request_id", request_id.encode())], budget,
-                                  max_record_bytes(self.settings))
+                                  max_record_bytes(self.settings), self.publisher.schema_id)
         return records, [(event.event_id, event.outcome.value, event.origin) for event in events]
 
     async def _read_body(self, request: Request) -> bytes:

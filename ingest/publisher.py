@@ -36,8 +36,9 @@ from passpost.kafka import (
     max_record_bytes,
     start_client,
 )
-from passpost.schemas.codec import encode
+from passpost.schemas.codec import encode, encode_confluent
 from passpost.schemas.event import PassPostback
+from passpost.schemas.registry import RegistryConfig, RegistryMetrics, RegistryWatch, ensure_registered
 from passpost.settings import Settings
 
 log = logging.getLogger("passpost.ingest")
@@ -46,16 +47,19 @@ Headers = list[tuple[str, bytes]]
 Record = tuple[bytes | None, bytes, Headers | None]
 
 
-def event_records(events: Iterable[PassPostback], headers: Headers) -> list[Record]:
-    """Events as ``(key, value, headers)`` records for the events topic (SPEC section 3)."""
+def event_records(events: Iterable[PassPostback], headers: Headers, schema_id: int | None = None) -> list[Record]:
+    """Events as ``(key, value, headers)`` records for the events topic (SPEC section 3): the
+    Confluent wire format when a schema registry gave ``schema_id``, else single-object encoding."""
+    if schema_id is not None:
+        return [(event.kafka_key(), encode_confluent(event, schema_id), headers) for event in events]
     return [(event.kafka_key(), encode(event), headers) for event in events]
 
 
 def bounded_records(events: Iterable[PassPostback], headers: Headers, budget: OutputBudget,
-                    max_record: int) -> list[Record]:
+                    max_record: int, schema_id: int | None = None) -> list[Record]:
     """``event_records`` held to the request's ``budget`` and to the largest record Kafka
     takes (``max_record``): a request over either is refused whole, 413 ``event_too_large``."""
-    records = event_records(events, headers)
+    records = event_records(events, headers, schema_id)
     header_bytes = sum(len(name) + len(value) for name, value in headers)
     produced = 0
     for key, value, _ in records:
@@ -91,6 +95,10 @@ class Publisher:
         self._replacing: asyncio.Task[None] | None = None
         self._ready_checked_at = 0.0
         self._ready = False
+        # Set at start when PASSPOST_SCHEMA_REGISTRY_URL is: events are then Confluent-framed.
+        self.schema_id: int | None = None
+        self._registry = RegistryConfig.from_settings(settings)
+        self._watch: RegistryWatch | None = None
 
     def _build(self) -> AIOKafkaProducer:
         settings = self._settings
@@ -110,6 +118,14 @@ class Publisher:
         """Connect to Kafka; a no-op when already started."""
         if self._producer is not None:
             return
+        if self._registry is not None and self.schema_id is None:
+            # Before Kafka: a registry that refuses or does not answer is one line at start-up
+            # (RegistryUnavailable); later the id learnt here is all the ingress needs.
+            self.schema_id = await ensure_registered(self._registry, self._settings.events_topic,
+                                                     auto_register=self._settings.schema_registry_auto_register)
+            self._watch = RegistryWatch(self._registry, self._settings.events_topic, self.schema_id,
+                                        RegistryMetrics(self._metrics.registry))
+            self._watch.start()
         producer = self._build()
         await start_client(producer, self._settings)
         self._producer = producer
@@ -119,6 +135,9 @@ class Publisher:
     async def stop(self) -> None:
         """Flush what is in flight and close. Safe to call twice."""
         producer, self._producer = self._producer, None
+        if self._watch is not None:
+            await self._watch.stop()
+            self._watch = None
         if self._replacing is not None:
             self._replacing.cancel()
         if producer is not None:

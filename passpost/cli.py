@@ -17,6 +17,7 @@ import click
 
 from passpost import settings as settings_module
 from passpost.kafka import KafkaUnavailable, create_topics
+from passpost.schemas.registry_errors import RegistryUnavailable
 from passpost.settings import Settings, SettingsError
 
 log = logging.getLogger("passpost")
@@ -177,6 +178,30 @@ async def _unless_unavailable(work: Any) -> Any:
         raise Unavailable(str(error)) from None
 
 
+@cli.group()
+def schema() -> None:
+    """The event schema and the schema registry (PASSPOST_SCHEMA_REGISTRY_URL)."""
+
+
+@schema.command("check")
+def schema_check() -> None:
+    """Check the event schema against every version kept in schemas/history/ and, with a registry, ask it."""
+    settings = _settings()
+    from passpost.schemas.schema_commands import check
+
+    if not asyncio.run(check(settings, click.echo)):
+        raise click.ClickException("the event schema is not compatible (see above)")
+
+
+@schema.command("register")
+def schema_register() -> None:
+    """Register the event schema under <events topic>-value and set the subject's compatibility level."""
+    settings = _settings()
+    from passpost.schemas.schema_commands import register
+
+    click.echo(asyncio.run(register(settings)))
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     sys.exit(_run(cli.main, argv))
 
@@ -187,7 +212,7 @@ def _run(entry: Callable[..., Any], argv: list[str] | None) -> int:
     except click.UsageError as error:
         click.echo(f"passpost: error: {error.format_message()}", err=True)
         return 2
-    except KafkaUnavailable as error:
+    except (KafkaUnavailable, RegistryUnavailable) as error:
         click.echo(f"passpost: error: {error}", err=True)
         return 1
     except (click.Abort, KeyboardInterrupt):

@@ -56,6 +56,9 @@ def configure(log_format: str = "text", level: str = "info") -> None:
         coordinator.addFilter(_CoordinatorNotYetAvailable())
     # The server's own access log prints the query string, which can hold a token.
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every request at INFO (schema registry, alert sinks), URL included, which may hold
+    # credentials; the callers log failures themselves.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
 
 
 class _CoordinatorNotYetAvailable(logging.Filter):

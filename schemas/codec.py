@@ -38,6 +38,7 @@ __all__ = [
     "decode",
     "encode",
     "encode_confluent",
+    "parse_writer_schema",
     "schema_fingerprint",
 ]
 
@@ -146,6 +147,12 @@ def _parse(schema: Any) -> ParsedSchema:
     # Same canonical form as ours: reuse our object so decode can skip
     # schema resolution entirely (it keys that on identity).
     return SCHEMA if schema_fingerprint(parsed) == SCHEMA_FINGERPRINT else parsed
+
+
+def parse_writer_schema(schema: Any) -> ParsedSchema:
+    """A writer schema as a resolver hands it to `decode`: JSON text (as registries serve it), a dict
+    or a parsed schema; our own schema's canonical form comes back as `SCHEMA` (the fast path)."""
+    return _parse(schema)
 
 
 class StaticResolver:

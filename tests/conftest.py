@@ -16,6 +16,7 @@ from tests.alertmanager_fixtures import alertmanager_url  # noqa: F401 (a fixtur
 from tests.kafka_helpers import create_topics
 from tests.podman_fixtures import passpost_image  # noqa: F401 (a fixture: the image, built with podman)
 from tests.postgres_fixtures import own_postgres, postgres_dsn, postgres_server  # noqa: F401 (fixtures)
+from tests.registry_fixtures import schema_registry  # noqa: F401 (a fixture: Apicurio Registry 3)
 
 # ---------------------------------------------------------------------------------------
 # Kafka
