@@ -12,8 +12,10 @@ production  against a broker of its own with a SASL_SSL listener: each workload 
             store is PostgreSQL from Secret passpost-analytics-db, alerts go to Alertmanager
             and to the webhook from Secret passpost-alert-webhook.
 
-In both, every container becomes ready on its readinessProbe and ``podman stop`` (after
-``preStop``) ends it with exit 0 within ``terminationGracePeriodSeconds``.
+In both, every Deployment runs; every container becomes ready on its readinessProbe; what
+the kernel reports for its PID 1 matches the security context (uid, gid, fsGroup among its
+groups, no capabilities, no_new_privs, a seccomp filter, a read-only root); and ``podman
+stop`` (after ``preStop``) ends it with exit 0 within ``terminationGracePeriodSeconds``.
 """
 
 from __future__ import annotations
@@ -198,6 +200,37 @@ def running(cluster: Cluster, image: str, workdir: Path) -> Iterator[Run]:
         run.remove_all()
 
 
+PROC_STATUS = """
+import errno, json, os
+status = dict(line.split(":", 1) for line in open("/proc/1/status").read().splitlines())
+try:
+    open("/opt/passpost/probe", "w")
+    root = "writable"
+except OSError as error:
+    root = errno.errorcode[error.errno]
+print(json.dumps({"uid": status["Uid"].split(), "gid": status["Gid"].split(), "groups": status["Groups"].split(),
+                  "cap_eff": status["CapEff"].strip(), "cap_bnd": status["CapBnd"].strip(),
+                  "no_new_privs": status["NoNewPrivs"].strip(), "seccomp": status["Seccomp"].strip(),
+                  "root": root}))
+"""
+
+
+def check_security(run: Run) -> None:
+    """What the kernel says about PID 1 of every container: the security context was applied."""
+    for pod in run.pods.values():
+        pod_security = pod.spec["securityContext"]
+        for container in pod.containers:
+            own = container.spec["securityContext"]
+            seen = json.loads(podman("exec", container.name, "python", "-c", PROC_STATUS).stdout)
+            uid = str(own.get("runAsUser", pod_security["runAsUser"]))
+            gid = str(own.get("runAsGroup", pod_security["runAsGroup"]))
+            assert set(seen["uid"]) == {uid} and set(seen["gid"]) == {gid}, (container.name, seen)
+            assert str(pod_security["fsGroup"]) in seen["groups"], (container.name, seen)
+            assert seen["cap_eff"] == seen["cap_bnd"] == "0000000000000000", (container.name, seen)
+            assert seen["no_new_privs"] == "1" and seen["seccomp"] == "2", (container.name, seen)  # 2: filter
+            assert seen["root"] == "EROFS", (container.name, seen)
+
+
 def check_graceful(outcomes: dict[str, tuple[int, float, float]]) -> None:
     for name, (code, took, grace) in outcomes.items():
         assert code == 0, f"{name} exited {code}"
@@ -222,6 +255,8 @@ def test_dev_overlay_runs_end_to_end(passpost_image: str, kafka_bootstrap: str, 
         alerts = run.start("passpost-alerts", {**kafka, "PASSPOST_ALERT_WEBHOOK_URL": webhook.url})
         analytics = run.start("passpost-analytics", kafka)
         ingress = run.start("passpost-ingress", kafka)
+        assert set(run.pods) == set(deployments(resources)), "every Deployment runs"
+        check_security(run)
         url = f"http://127.0.0.1:{ingress.containers[0].port(8000)}/postbacks/passes"
         for body in (VENDOR_EXAMPLE, OUT_OF_CREDITS):
             response = httpx.post(url, params={"token": token}, content=body, timeout=10)
@@ -313,6 +348,8 @@ def test_production_overlay_runs_with_scram_postgres_and_alertmanager(
             alerts = run.start("passpost-alerts", {**kafka, "PASSPOST_ALERTMANAGER_URL": alertmanager_url})
             run.start("passpost-analytics", kafka)
             ingress = run.start("passpost-ingress", kafka)
+            assert set(run.pods) == set(deployments(resources)), "every Deployment runs"
+            check_security(run)
             url = f"http://127.0.0.1:{ingress.containers[0].port(8000)}/postbacks/passes"
             for body in (VENDOR_EXAMPLE, out_of_credits):
                 response = httpx.post(url, params={"token": token}, content=body, timeout=10)
