@@ -26,9 +26,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from passpost import settings as settings_module
-from passpost.consumers.analytics.rebuild import topic_bounds
 from passpost.consumers.runtime import Consumer, Runner, dead_letter_topic
-from passpost.kafka import client_options, create_topics
+from passpost.kafka import client_options, create_topics, topic_bounds
 from passpost.schemas.codec import encode
 from passpost.schemas.event import PassPostback, classify
 from passpost.settings import Settings

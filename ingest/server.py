@@ -19,6 +19,7 @@ from collections.abc import Callable, Generator
 import uvicorn
 from starlette.types import ASGIApp
 
+from passpost.errors import PasspostError
 from passpost.ingest.app import create_app
 from passpost.ingest.connection import ConnectionLimits, LimitedHttpProtocol
 from passpost.ingest.metrics import IngestMetrics
@@ -67,7 +68,7 @@ def uvicorn_config(app: ASGIApp, settings: Settings, metrics: IngestMetrics | No
     )
 
 
-class PortUnavailable(Exception):
+class PortUnavailable(PasspostError):
     """The ingress cannot listen where it is told to. ``str()`` is one line naming the setting."""
 
 

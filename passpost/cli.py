@@ -2,7 +2,9 @@
 
 Every mistake a user can make here (a bad setting, a bad argument, an unreachable
 Kafka) ends with one line on stderr naming it and a non-zero status: 2 for settings and
-arguments, 1 for an environment that does not work. No tracebacks for those.
+arguments, 1 for an environment that does not work. No tracebacks for those. Modules raise
+a ``PasspostError`` (``passpost/errors.py``) where they find the problem; ``_run`` below
+catches it, once, for every command.
 """
 
 from __future__ import annotations
@@ -16,28 +18,26 @@ from typing import Any, NoReturn
 import click
 
 from passpost import settings as settings_module
-from passpost.kafka import KafkaUnavailable, create_topics
-from passpost.schemas.registry_errors import RegistryUnavailable
-from passpost.settings import Settings, SettingsError
+from passpost.errors import PasspostError
+from passpost.kafka import create_topics
+from passpost.settings import Settings
 
 log = logging.getLogger("passpost")
 
 
-class UsageProblem(click.UsageError):
-    """A bad setting, reported like a bad argument: one line, status 2."""
-
-
 def _settings(**overrides: Any) -> Settings:
-    try:
-        settings = settings_module.load()
-    except SettingsError as error:
-        raise UsageProblem(str(error)) from None
+    settings = settings_module.load()
     settings = settings.replace(**{key: value for key, value in overrides.items() if value is not None})
     from passpost.logs import configure
 
     configure(settings.log_format, settings.log_level)
     for name in settings_module.unknown_variables():
         log.warning("ignoring %s: passpost has no such setting (a typo?)", name)
+    if settings.alert_rules_file is not None:
+        # Parsed now, so a bad rules file stops every command at start-up with one line.
+        from passpost.consumers.alerts.rules import rules_setting
+
+        rules_setting(settings.alert_rules_file)
     return settings
 
 
@@ -56,16 +56,10 @@ def cli() -> None:
 def serve(host: str | None, port: int | None) -> None:
     """Run the HTTP ingress (POST /postbacks/passes)."""
     settings = _settings(host=host, port=port)
-    try:
-        settings_module.require_credentials(settings)
-    except SettingsError as error:
-        raise UsageProblem(str(error)) from None
-    from passpost.ingest.server import PortUnavailable, run
+    settings_module.require_credentials(settings)
+    from passpost.ingest.server import run
 
-    try:
-        run(settings)
-    except PortUnavailable as error:
-        raise Unavailable(str(error)) from None
+    run(settings)
 
 
 @cli.command()
@@ -99,12 +93,8 @@ def dev(port: int | None) -> None:
     """Run the whole pipeline on this machine, with a local Kafka unless one is configured."""
     settings = _settings(port=port)
     from passpost.dev import run
-    from passpost.ingest.server import PortUnavailable
 
-    try:
-        run(settings)
-    except PortUnavailable as error:
-        raise Unavailable(str(error)) from None
+    run(settings)
 
 
 @cli.group()
@@ -124,24 +114,15 @@ def dlq_replay(from_beginning: bool, dry_run: bool) -> None:
     click.echo(("dry run: " if dry_run else "") + report.summary())
 
 
-class Unavailable(click.ClickException):
-    """A store or service the command needs is not there: one line, status 1."""
-
-    exit_code = 1
-
-
 @cli.command()
 @click.argument("name")
 def consume(name: str) -> None:
     """Run the consumer NAME (registered under the `passpost.consumers` entry points) in its own group."""
     settings = _settings()
-    from passpost.consumers.runtime import Runner, UnknownConsumer, load_consumer
+    from passpost.consumers.runtime import Runner, load_consumer
 
-    try:
-        consumer_class = load_consumer(name)
-    except UnknownConsumer as error:
-        raise UsageProblem(str(error)) from None
-    asyncio.run(_unless_unavailable(Runner(consumer_class(settings), settings).run()))
+    consumer_class = load_consumer(name)
+    asyncio.run(Runner(consumer_class(settings), settings).run())
 
 
 @cli.command()
@@ -151,7 +132,7 @@ def rebuild(name: str) -> None:
     settings = _settings()
     from passpost.consumers.analytics.rebuild import rebuild as run_rebuild
 
-    total = asyncio.run(_unless_unavailable(run_rebuild(settings)))
+    total = asyncio.run(run_rebuild(settings))
     click.echo(f"{name}: rebuilt from {total} records")
 
 
@@ -160,22 +141,8 @@ def report() -> None:
     """Summarise what the analytics store holds: totals, the last 24 hours, the latest failures."""
     settings = _settings()
     from passpost.consumers.analytics.report import print_report
-    from passpost.consumers.analytics.store import StoreUnavailable
 
-    try:
-        print_report(settings)
-    except StoreUnavailable as error:
-        raise Unavailable(str(error)) from None
-
-
-async def _unless_unavailable(work: Any) -> Any:
-    from passpost.consumers.analytics.store import StoreUnavailable
-    from passpost.consumers.runtime import CannotRun
-
-    try:
-        return await work
-    except (StoreUnavailable, CannotRun) as error:
-        raise Unavailable(str(error)) from None
+    print_report(settings)
 
 
 @cli.group()
@@ -209,12 +176,12 @@ def main(argv: list[str] | None = None) -> NoReturn:
 def _run(entry: Callable[..., Any], argv: list[str] | None) -> int:
     try:
         result = entry(args=argv, prog_name="passpost", standalone_mode=False)
+    except PasspostError as error:  # the one place every module's errors end: one line, their status
+        click.echo(f"passpost: error: {error}", err=True)
+        return error.exit_code
     except click.UsageError as error:
         click.echo(f"passpost: error: {error.format_message()}", err=True)
         return 2
-    except (KafkaUnavailable, RegistryUnavailable) as error:
-        click.echo(f"passpost: error: {error}", err=True)
-        return 1
     except (click.Abort, KeyboardInterrupt):
         return 130
     except click.ClickException as error:

@@ -46,13 +46,10 @@ def kafka_for(settings: Settings) -> Iterator[Settings]:
     if "PASSPOST_KAFKA_BOOTSTRAP_SERVERS" in os.environ:
         yield settings
         return
-    from passpost.localkafka import LocalKafka, LocalKafkaError, kafka_jars_cached
+    from passpost.localkafka import LocalKafka, kafka_jars_cached
 
     click.echo(starting_message(downloads=not kafka_jars_cached()), err=True)
-    try:
-        broker = LocalKafka(LOCAL_KAFKA_DIR.absolute()).start()  # the JVM runs in that folder
-    except LocalKafkaError as error:
-        raise click.ClickException(str(error)) from None
+    broker = LocalKafka(LOCAL_KAFKA_DIR.absolute()).start()  # the JVM runs in that folder (LocalKafkaError: 1 line)
     try:
         click.echo(f"Kafka is up at {broker.bootstrap_servers} (log: {broker.log_path})", err=True)
         yield settings.replace(kafka_bootstrap_servers=broker.bootstrap_servers)

@@ -14,6 +14,7 @@ import ssl
 from collections.abc import Iterable
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
@@ -26,6 +27,7 @@ from aiokafka.errors import (
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.metadata import MetadataRequest
 
+from passpost.errors import PasspostError
 from passpost.settings import Settings
 
 # Room for the record's own framing and headers around the largest body we accept: a
@@ -33,7 +35,7 @@ from passpost.settings import Settings
 RECORD_OVERHEAD_BYTES = 64 * 1024
 
 
-class KafkaUnavailable(Exception):
+class KafkaUnavailable(PasspostError):
     """Kafka could not be reached or did not confirm in time. The message is one line."""
 
 
@@ -172,3 +174,17 @@ def describe(error: BaseException) -> str:
     if not text or text == name:
         return name
     return text if text.startswith(name) else f"{name}: {text}"
+
+
+async def topic_bounds(settings: Settings) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+    """Beginning and end offsets of every partition of the events topic, now."""
+    # Subscribed to the topic (group-less), the client holds its metadata once started.
+    client = AIOKafkaConsumer(settings.events_topic, **client_options(settings), group_id=None,
+                              enable_auto_commit=False)
+    await start_client(client, settings)
+    try:
+        partitions = client.partitions_for_topic(settings.events_topic) or set()
+        tps = [TopicPartition(settings.events_topic, p) for p in sorted(partitions)]
+        return await client.beginning_offsets(tps), await client.end_offsets(tps)
+    finally:
+        await client.stop()

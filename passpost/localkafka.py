@@ -51,6 +51,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
 
+from passpost.errors import PasspostError
+
 KAFKA_VERSION = "4.1.1"
 # Kafka's poms depend on slf4j-api 1.7 and log4j-core but ship no binding between them
 # (the distribution tarball adds it), so without this jar the broker would log nothing.
@@ -70,7 +72,7 @@ SSL_CLIENT_AUTH = ("none", "requested", "required")
 _CERT_DAYS = 30
 
 
-class LocalKafkaError(RuntimeError):
+class LocalKafkaError(PasspostError, RuntimeError):
     """The local broker could not be provided; the first line of ``str()`` says why."""
 
 

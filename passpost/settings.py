@@ -17,10 +17,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from passpost.errors import ConfigurationError
+
 PREFIX = "PASSPOST_"
 
 
-class SettingsError(ValueError):
+class SettingsError(ConfigurationError, ValueError):
     """A setting has a value passpost cannot use. ``str()`` is one line naming it."""
 
 
@@ -148,18 +150,6 @@ def _http_url(raw: str) -> str:
     return value
 
 
-def _alert_rules_file(raw: str) -> str:
-    path = _readable_file(raw)
-    # Parsed now, so a bad rules file stops every command at start-up with one line.
-    from passpost.consumers.alerts.rules import RulesError, load_rules
-
-    try:
-        load_rules(path)
-    except RulesError as error:
-        raise ValueError(str(error)) from None
-    return path
-
-
 def _topic(raw: str) -> str:
     value = _string(raw)
     if not re.match(r"^[A-Za-z0-9._\-]{1,249}$", value) or value in {".", ".."}:
@@ -279,7 +269,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("alert_webhook_format", _choice("alertmanager", "slack"), "alertmanager",
             "`alertmanager` (its webhook payload, version 4) or `slack` (a `{\"text\": ...}` body)."),
     Setting("alert_log", _boolean, True, "Also log every alert notification (always on when no other sink is set)."),
-    Setting("alert_rules_file", _alert_rules_file, None,
+    Setting("alert_rules_file", _readable_file, None,
             "TOML or YAML (`.yaml`/`.yml`) alert rules tried before the built-in ones (README, Alerts)."),
     Setting("alert_repeat_seconds", _seconds, 60.0,
             "Shortest time between two notifications of one firing alert; a repeat is sent only when its count grew."),

@@ -1,7 +1,9 @@
-"""The schema registry's errors, apart so that the CLI can catch them without importing a client."""
+"""The schema registry's errors, apart so that they load without a client."""
+
+from passpost.errors import PasspostError
 
 
-class RegistryUnavailable(Exception):
+class RegistryUnavailable(PasspostError):
     """The registry did not answer. ``str()`` is one line without credentials."""
 
 

@@ -76,7 +76,7 @@ def test_every_event_once_with_its_offsets_and_redeliveries_not_counted_twice(
 
 
 async def _ends(settings):  # type: ignore[no-untyped-def]
-    from passpost.consumers.analytics.rebuild import topic_bounds
+    from passpost.kafka import topic_bounds
 
     return (await topic_bounds(settings))[1]
 

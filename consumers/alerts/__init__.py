@@ -7,15 +7,6 @@ notifications per group, ``sinks`` delivers them (Alertmanager, a webhook, the l
 
 from __future__ import annotations
 
-from typing import Any
+from .consumer import AlertsConsumer
 
 __all__ = ["AlertsConsumer"]
-
-
-def __getattr__(name: str) -> Any:
-    # Lazy, so that the rules (which `passpost.settings` checks) load without the Kafka runtime.
-    if name == "AlertsConsumer":
-        from .consumer import AlertsConsumer
-
-        return AlertsConsumer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -34,7 +34,7 @@ from passpost.topic_metadata import TopicIdentity
 
 from .engine import Alerter, AlertMetrics
 from .grouping import Grouper
-from .rules import describe, load_rules
+from .rules import describe, rules_setting
 from .sinks import AlertmanagerSink, Backoff, DeliveryError, LogSink, Sink, WebhookSink
 from .store import StateStore, StateStoreError
 
@@ -68,7 +68,7 @@ class AlertsConsumer(Consumer):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         # A bad rules file fails here, before any connection, as one line naming it.
-        rules = load_rules(settings.alert_rules_file)
+        rules = rules_setting(settings.alert_rules_file)
         grouper = Grouper(rules, repeat_seconds=settings.alert_repeat_seconds,
                           resolve_after_seconds=settings.alert_resolve_after_seconds)
         self.state = StateStore(settings.alert_state_file)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import fnmatch
+import functools
 import tomllib
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,15 +26,16 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from passpost.errors import ConfigurationError
 from passpost.schemas.event import Outcome, PassPostback
 
-__all__ = ["DEFAULT_RULES", "Match", "Rule", "RuleSet", "RulesError", "Severity", "load_rules"]
+__all__ = ["DEFAULT_RULES", "Match", "Rule", "RuleSet", "RulesError", "Severity", "load_rules", "rules_setting"]
 
 # Status codes are vendor text: an UNKNOWN one becomes a label, so bound its size.
 MAX_LABEL_LENGTH = 64
 
 
-class RulesError(ValueError):
+class RulesError(ConfigurationError, ValueError):
     """A rules file passpost cannot use. ``str()`` is one line naming the file and the problem."""
 
 
@@ -172,18 +174,35 @@ class RuleSet:
 
 
 def load_rules(path: str | Path | None) -> RuleSet:
-    """The rule set for ``PASSPOST_ALERT_RULES_FILE`` (None: built-in defaults only)."""
+    """The rule set for ``PASSPOST_ALERT_RULES_FILE`` (None: built-in defaults only).
+
+    A file is parsed once per process while it is unchanged: the CLI checks it at start-up
+    (``rules_setting``) and the alerts consumer then gets the same rules. Each call returns a
+    new ``RuleSet`` (it keeps escalation windows of its own)."""
     if path is None:
         return RuleSet()
     path = Path(path)
     try:
-        document = _read(path)
-        rules, keep_defaults = _parse_document(document)
+        stat = path.stat()
+        return RuleSet(_parse_file(path, stat.st_mtime_ns, stat.st_size))
     except RulesError:
         raise
     except (OSError, ValueError, TypeError) as error:
         raise RulesError(f"{path}: {_one_line(error)}") from None
-    return RuleSet(rules + (DEFAULT_RULES if keep_defaults else ()))
+
+
+def rules_setting(path: str | None) -> RuleSet:
+    """``load_rules`` for the setting: the one-line error names ``PASSPOST_ALERT_RULES_FILE`` too."""
+    try:
+        return load_rules(path)
+    except RulesError as error:
+        raise RulesError(f"PASSPOST_ALERT_RULES_FILE: {error}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_file(path: Path, mtime_ns: int, size: int) -> tuple[Rule, ...]:
+    rules, keep_defaults = _parse_document(_read(path))
+    return rules + (DEFAULT_RULES if keep_defaults else ())
 
 
 def _one_line(error: BaseException) -> str:

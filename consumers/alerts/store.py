@@ -16,12 +16,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from passpost.errors import PasspostError
+
 __all__ = ["StateStore", "StateStoreError"]
 
 FORMAT_VERSION = 1
 
 
-class StateStoreError(RuntimeError):
+class StateStoreError(PasspostError, RuntimeError):
     """The state file exists but cannot be used; ``str()`` names it."""
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -28,27 +27,13 @@ from rich.text import Text
 from passpost.consumers.analytics import AnalyticsConsumer
 from passpost.consumers.analytics.store import open_store
 from passpost.consumers.runtime import Runner
-from passpost.kafka import client_options, start_client
+from passpost.kafka import topic_bounds
 from passpost.settings import Settings
 
 
 class _Rate(ProgressColumn):
     def render(self, task: Task) -> Text:
         return Text(f"{task.speed or 0:,.0f} events/s")
-
-
-async def topic_bounds(settings: Settings) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
-    """Beginning and end offsets of every partition of the events topic, now."""
-    # Subscribed to the topic (group-less), the client holds its metadata once started.
-    client = AIOKafkaConsumer(settings.events_topic, **client_options(settings), group_id=None,
-                              enable_auto_commit=False)
-    await start_client(client, settings)
-    try:
-        partitions = client.partitions_for_topic(settings.events_topic) or set()
-        tps = [TopicPartition(settings.events_topic, p) for p in sorted(partitions)]
-        return await client.beginning_offsets(tps), await client.end_offsets(tps)
-    finally:
-        await client.stop()
 
 
 def _empty(settings: Settings) -> None:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from passpost.errors import PasspostError
+
 COLUMNS = ("event_id", "origin", "status_code", "outcome", "code", "referenced_by", "reference_value",
            "custom_pass_id", "pass_data_id", "serial_number", "generated_at", "timestamp_raw", "received_at",
            "extra", "kafka_topic", "kafka_partition", "kafka_offset")
@@ -49,7 +51,7 @@ _UPSERT_OFFSET = ("INSERT INTO passpost_offsets VALUES ({p}, {p}, {p}) ON CONFLI
                   "DO UPDATE SET next_offset = excluded.next_offset")
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(PasspostError):
     """The store cannot be reached or refused the write. The message is one line."""
 
 

@@ -29,6 +29,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from passpost.consumers.runtime.consumer import Batch, Consumer, Item
 from passpost.consumers.runtime.errors import CannotRun
 from passpost.consumers.runtime.health import ConsumerMetrics, serve_health
+from passpost.errors import ConfigurationError
 from passpost.kafka import KafkaUnavailable, client_options, create_topics, describe, start_client
 from passpost.schemas.codec import DecodeError, decode
 from passpost.schemas.registry import RegistryConfig, RegistryMetrics, RegistryResolver
@@ -43,7 +44,7 @@ FIRST_RETRY_SECONDS = 0.1
 TOPIC_POLL_SECONDS = 1.0
 
 
-class UnknownConsumer(LookupError):
+class UnknownConsumer(ConfigurationError, LookupError):
     """No consumer of that name is registered. ``str()`` is one line listing those that are."""
 
 
