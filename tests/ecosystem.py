@@ -32,12 +32,16 @@ from passpost.localkafka import (
 from tests.live import free_port
 
 APICURIO_VERSION = "3.3.3"
-# Apicurio's Kafka Connect converter: 3.0.9 is the newest 3.x of it on Maven Central, and the
-# parent pom it names is not there, so Maven cannot resolve it with its dependencies. The jar alone
-# is fetched; its dependencies (the Avro serde, the schema resolver, the registry's v3 client) come
-# from SERDE_VERSION, the newest 3.x serde release whose poms all resolve from Central.
+# Apicurio's Kafka Connect converter: 3.0.9 is the newest 3.x of it on Maven Central, but the parent
+# pom and the java-sdk its poms name are not there, so Maven cannot resolve it with its dependencies.
+# Maven resolves the 3.1.7 serde instead (for the registry's v3 java-sdk and every third-party jar);
+# then the converter and the Apicurio serde jars it was built with (3.0.9: the 3.1 serde dropped
+# classes the converter links against) replace their 3.1.7 namesakes, fetched one by one from Central.
 CONVERTER_VERSION = "3.0.9"
 SERDE_VERSION = "3.1.7"
+_CONVERTER_SERDE = ("apicurio-registry-utils-converter", "apicurio-registry-avro-serde-kafka",
+                    "apicurio-registry-common", "apicurio-registry-schema-resolver", "apicurio-registry-serde-common",
+                    "apicurio-registry-serde-common-avro", "apicurio-registry-serde-kafka-common")
 CCOMPAT = "/apis/ccompat/v7"
 MAVEN_CENTRAL = "https://repo.maven.apache.org/maven2"
 _DONE = ".complete"
@@ -131,7 +135,6 @@ def connect_libs() -> Path:
         dependencies = [("org.apache.kafka", "connect-runtime", KAFKA_VERSION),
                         ("org.apache.kafka", "connect-file", KAFKA_VERSION),
                         ("io.apicurio", "apicurio-registry-avro-serde-kafka", SERDE_VERSION),
-                        ("io.apicurio", "apicurio-registry-schema-resolver", SERDE_VERSION),
                         # Connect logs through slf4j to log4j 2, as Kafka's own distribution does
                         # (its runtime also calls log4j 2 for the log-level endpoint).
                         ("org.slf4j", "slf4j-api", "2.0.17"),
@@ -145,7 +148,9 @@ def connect_libs() -> Path:
             f"<packaging>pom</packaging><dependencies>{entries}</dependencies></project>", encoding="utf-8")
         _run_maven(["-f", str(home / "pom.xml"), f"{DEPENDENCY_PLUGIN}:copy-dependencies", "-DincludeScope=runtime",
                     f"-DoutputDirectory={partial}"], home, "Kafka Connect and Apicurio's serde")
-        _central_jar("io.apicurio", "apicurio-registry-utils-converter", CONVERTER_VERSION, partial)
+        for artifact in _CONVERTER_SERDE:
+            (partial / f"{artifact}-{SERDE_VERSION}.jar").unlink(missing_ok=True)
+            _central_jar("io.apicurio", artifact, CONVERTER_VERSION, partial)
         partial.rename(libs)
         (home / _DONE).touch()
     return libs
