@@ -6,9 +6,10 @@ dev         against the session's Kafka: the KafkaTopics as Strimzi would create
             the vendor's example posted to the ingress container lands in the analytics
             consumer's DuckDB file (read from its emptyDir after the pod stopped), an
             out-of-credits postback raises an alert at a webhook the test listens on.
-production  against a broker of its own with a SASL_SSL listener: each workload logs in
-            as its own SCRAM-SHA-512 user with the password from "its" Secret and checks
-            the broker against the CA mounted from the cluster CA Secret; the analytics
+production  against a broker of its own with a SASL_SSL listener and Kafka's authorizer on:
+            each workload logs in as its own SCRAM-SHA-512 user with the password from "its"
+            Secret, may do only what its KafkaUser's ACLs allow, and checks the broker
+            against the CA mounted from the cluster CA Secret; the analytics
             store is PostgreSQL from Secret passpost-analytics-db, alerts go to Alertmanager
             and to the webhook from Secret passpost-alert-webhook.
 
@@ -304,12 +305,101 @@ def add_scram_users(kafka: Any, passwords: dict[str, str]) -> None:
         assert process.returncode == 0, output
 
 
+# Kafka's protocol codes (org.apache.kafka.common.acl / resource).
+_RESOURCE_TYPES = {"topic": 2, "group": 3, "cluster": 4, "transactionalId": 5}
+_PATTERN_TYPES = {"literal": 3, "prefix": 4}
+_OPERATIONS = {"Read": 3, "Write": 4, "Create": 5, "Delete": 6, "Alter": 7, "Describe": 8, "ClusterAction": 9,
+               "DescribeConfigs": 10, "AlterConfigs": 11, "IdempotentWrite": 12}
+_ALLOW = 3
+
+
+def create_acls(bootstrap: str, users: list[dict[str, Any]]) -> int:
+    """The KafkaUsers' ACLs, as Strimzi's User Operator would set them (CreateAcls, as a super user)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.protocol.admin import CreateAclsRequest
+
+    async def create() -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        created = 0
+        try:
+            for user in users:
+                principal = f"User:{user['metadata']['name']}"
+                for acl in user["spec"]["authorization"]["acls"]:
+                    resource = acl["resource"]
+                    for operation in acl["operations"]:
+                        response = await admin._send_request(CreateAclsRequest(
+                            _RESOURCE_TYPES[resource["type"]], resource.get("name", "kafka-cluster"),
+                            _PATTERN_TYPES[resource.get("patternType", "literal")], principal,
+                            acl.get("host", "*"), _OPERATIONS[operation], _ALLOW))
+                        errors = [e for e in response.creation_responses if e[0] != 0]
+                        assert not errors, (principal, resource, operation, errors)
+                        created += 1
+        finally:
+            await admin.close()
+        return created
+
+    return asyncio.run(create())
+
+
+def produce_raw(bootstrap: str, topic: str, value: bytes) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, value)
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
+
+
+def assert_refused_to_write(kafka: Any, user: str, password: str, topic: str) -> None:
+    """The broker enforces the ACLs: ``user`` may not write ``topic``."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import TopicAuthorizationFailedError
+    from aiokafka.helpers import create_ssl_context
+
+    async def write() -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=kafka.bootstrap_servers_for("SASL_SSL"), security_protocol="SASL_SSL",
+            sasl_mechanism="SCRAM-SHA-512", sasl_plain_username=user, sasl_plain_password=password,
+            ssl_context=create_ssl_context(cafile=str(kafka.ca_file)), request_timeout_ms=10000)
+        await producer.start()
+        try:
+            with pytest.raises(TopicAuthorizationFailedError):
+                await producer.send_and_wait(topic, b"not allowed")
+        finally:
+            await producer.stop()
+
+    asyncio.run(write())
+
+
+class AuthorizingKafka:
+    """LocalKafka with Kafka's StandardAuthorizer on: SCRAM users get only their ACLs, while
+    the PLAINTEXT listener (the test's own admin, the broker itself) is a super user."""
+
+    @staticmethod
+    def start(workdir: Path) -> Any:
+        from passpost.localkafka import LocalKafka
+
+        class Authorizing(LocalKafka):
+            def _write_config(self) -> Path:  # one more setting than LocalKafka writes
+                path = super()._write_config()
+                with path.open("a") as config:
+                    config.write("\nauthorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer\n"
+                                 "super.users=User:ANONYMOUS\n")
+                return path
+
+        return Authorizing(workdir, listeners=("SASL_SSL",), sasl_username="passpost-ingest",
+                           sasl_password="ingest-password")
+
+
 @pytest.fixture
 def secured_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from passpost.localkafka import LocalKafka
-
-    with LocalKafka(tmp_path_factory.mktemp("production-kafka"), listeners=("SASL_SSL",),
-                    sasl_username="passpost-ingest", sasl_password="ingest-password") as kafka:
+    with AuthorizingKafka.start(tmp_path_factory.mktemp("production-kafka")) as kafka:
         yield kafka
 
 
@@ -328,6 +418,9 @@ def test_production_overlay_runs_with_scram_postgres_and_alertmanager(
     passwords = {"passpost-ingest": "ingest-password", "passpost-analytics": uuid.uuid4().hex,
                  "passpost-alerts": uuid.uuid4().hex}
     add_scram_users(secured_kafka, {k: v for k, v in passwords.items() if k != "passpost-ingest"})
+    # Only what the KafkaUsers allow: the manifests' least-privilege ACLs must be enough.
+    assert create_acls(secured_kafka.bootstrap_servers, [r for r in resources if r["kind"] == "KafkaUser"]) >= 12
+    assert_refused_to_write(secured_kafka, "passpost-alerts", passwords["passpost-alerts"], "pass-postbacks.v1")
     token = uuid.uuid4().hex
     # What the operator creates by hand (deploy/README.md step 4) and what Strimzi creates:
     # the users' Secrets and the cluster CA.
@@ -365,6 +458,19 @@ def test_production_overlay_runs_with_scram_postgres_and_alertmanager(
 
             wait_for(lambda: len(stored()) >= 2, 60, "both events in PostgreSQL")
             assert stored() == [("N801", "GENERATE_PASS"), ("N811", origin)]
+            # A record no consumer can decode: each writes it to its own dead-letter topic,
+            # which its ACLs allow (Write), as the broker's acknowledgement tells.
+            produce_raw(secured_kafka.bootstrap_servers, "pass-postbacks.v1", b"not an event")
+            for name, pod in run.pods.items():
+                if name == "passpost-ingress":
+                    continue
+                port = pod.containers[0].port(9100)
+
+                def dead_letters(port: int = port) -> float:
+                    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+                    return metric(text, "passpost_consumer_dead_letters_total", reason="undecodable") or 0.0
+
+                wait_for(lambda: dead_letters() >= 1, 60, f"{name} keeps the undecodable record")
             wait_for(lambda: webhook.alerts(origin=origin), 60, "the alert at the webhook")
             wait_for(lambda: active_alerts(alertmanager_url, origin=origin), 60, "the alert in Alertmanager")
             (alert,) = active_alerts(alertmanager_url, origin=origin)
