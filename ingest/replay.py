@@ -128,7 +128,8 @@ async def _replay_batch(
         try:
             parsed = read_postbacks(body, _header(record, "content_type"), budget)
             events = [postback.to_event(_received_at(record)) for postback in parsed.postbacks]
-            records = bounded_records(events, headers, budget, max_record_bytes(settings))
+            # Registry-framed like the ingress's own events when a schema registry is set.
+            records = bounded_records(events, headers, budget, max_record_bytes(settings), publisher.schema_id)
         except Rejected as rejected:
             report.still_rejected[rejected.code] += 1
             continue
