@@ -20,3 +20,8 @@ class ConfigurationError(PasspostError):
     """A setting, argument or configuration file passpost cannot use."""
 
     exit_code = 2
+
+
+def one_line(error: BaseException) -> str:
+    """An error's text on one line (drivers' messages span several), else its type's name."""
+    return " ".join(str(error).split()) or type(error).__name__

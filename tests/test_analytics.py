@@ -212,3 +212,20 @@ def _get(url: str) -> str:
         return httpx.get(url, timeout=5).text
     except httpx.HTTPError:
         return ""
+
+
+def test_on_postgresql_an_event_it_can_never_store_is_dead_lettered_and_the_rest_stored(
+        kafka_bootstrap: str, postgres_dsn: str) -> None:
+    """PostgreSQL's text cannot hold NUL: that row is poison (PoisonBatch), not a reason to retry forever."""
+    settings = testing.settings_for(kafka_bootstrap, analytics_dsn=postgres_dsn)
+    events = [testing.event(serial_number="S1"), testing.event(serial_number="S\x002"), testing.event(serial_number="S3")]
+    testing.produce(settings, events)
+    result = testing.consume(AnalyticsConsumer(settings), settings)
+
+    assert [(letter.headers_dict["error"], letter.headers_dict["offset"]) for letter in result.dead_letters] == [
+        ("poison", "1")]
+    stored = query(postgres_dsn, "SELECT serial_number FROM pass_postbacks WHERE event_id IN "
+                                 f"('{events[0].event_id}', '{events[2].event_id}') ORDER BY 1")
+    assert stored == [("S1",), ("S3",)]
+    assert dict(query(postgres_dsn, "SELECT kafka_topic, next_offset FROM passpost_offsets WHERE kafka_topic = "
+                                    f"'{settings.events_topic}'")) == {settings.events_topic: 3}

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from passpost.consumers.runtime import Batch, CannotRun, Consumer, group_id, identity
+from passpost.consumers.runtime import Batch, CannotRun, Consumer, RetryLater, group_id, identity
 from passpost.kafka import client_options
 from passpost.settings import Settings
 from passpost.topic_metadata import TopicIdentity
@@ -35,7 +36,7 @@ from passpost.topic_metadata import TopicIdentity
 from .engine import Alerter, AlertMetrics
 from .grouping import Grouper
 from .rules import describe, rules_setting
-from .sinks import AlertmanagerSink, Backoff, DeliveryError, LogSink, Sink, WebhookSink
+from .sinks import DEFAULT_BACKOFF, AlertmanagerSink, DeliveryError, LogSink, Sink, WebhookSink
 from .store import StateStore, StateStoreError
 
 log = logging.getLogger("passpost.alerts")
@@ -44,14 +45,14 @@ log = logging.getLogger("passpost.alerts")
 TICK_SECONDS = 1.0
 
 
-def build_sinks(settings: Settings) -> list[Sink]:
-    backoff = Backoff(deadline=settings.alert_delivery_deadline_seconds)
+def build_sinks(settings: Settings, stopping: asyncio.Event | None = None) -> list[Sink]:
+    backoff = dataclasses.replace(DEFAULT_BACKOFF, deadline=settings.alert_delivery_deadline_seconds)
     sinks: list[Sink] = []
     if settings.alertmanager_url:
-        sinks.append(AlertmanagerSink(settings.alertmanager_url, backoff=backoff))
+        sinks.append(AlertmanagerSink(settings.alertmanager_url, backoff=backoff, stopping=stopping))
     if settings.alert_webhook_url:
         sinks.append(WebhookSink(settings.alert_webhook_url, format=settings.alert_webhook_format,  # type: ignore[arg-type]
-                                 backoff=backoff))
+                                 backoff=backoff, stopping=stopping))
     if settings.alert_log or not sinks:  # alerts are never sent nowhere
         sinks.append(LogSink())
     return sinks
@@ -72,7 +73,7 @@ class AlertsConsumer(Consumer):
         grouper = Grouper(rules, repeat_seconds=settings.alert_repeat_seconds,
                           resolve_after_seconds=settings.alert_resolve_after_seconds)
         self.state = StateStore(settings.alert_state_file)
-        self.alerter = Alerter(grouper, build_sinks(settings), store=self.state)
+        self.alerter = Alerter(grouper, build_sinks(settings, self.stopping), store=self.state)
         self._ticker: asyncio.Task[None] | None = None
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
@@ -99,7 +100,10 @@ class AlertsConsumer(Consumer):
                 log.warning("alerts: %s", error)
 
     async def write(self, batch: Batch) -> None:
-        await self.alerter.handle(batch.events, {_key(tp): offset for tp, offset in batch.next_offsets.items()})
+        try:
+            await self.alerter.handle(batch.events, {_key(tp): offset for tp, offset in batch.next_offsets.items()})
+        except DeliveryError as error:  # a sink down or refusing: nothing was saved, the batch comes again
+            raise RetryLater(str(error)) from error
 
     async def check_topic(self, topic: str, current: TopicIdentity) -> None:
         holds_offsets = any(key.rpartition(":")[0] == topic for key in self.alerter.offsets)

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from passpost.errors import ConfigurationError
+from passpost.errors import ConfigurationError, one_line
 from passpost.schemas.event import Outcome, PassPostback
 
 __all__ = ["DEFAULT_RULES", "Match", "Rule", "RuleSet", "RulesError", "Severity", "load_rules", "rules_setting"]
@@ -188,7 +188,7 @@ def load_rules(path: str | Path | None) -> RuleSet:
     except RulesError:
         raise
     except (OSError, ValueError, TypeError) as error:
-        raise RulesError(f"{path}: {_one_line(error)}") from None
+        raise RulesError(f"{path}: {one_line(error)}") from None
 
 
 def rules_setting(path: str | None) -> RuleSet:
@@ -203,10 +203,6 @@ def rules_setting(path: str | None) -> RuleSet:
 def _parse_file(path: Path, mtime_ns: int, size: int) -> tuple[Rule, ...]:
     rules, keep_defaults = _parse_document(_read(path))
     return rules + (DEFAULT_RULES if keep_defaults else ())
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _read(path: Path) -> Any:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
 import httpx
+
+from passpost.consumers.runtime.backoff import Backoff, Retry
 
 from .grouping import Notification
 
@@ -38,17 +38,8 @@ class Sink(Protocol):
     async def aclose(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Waits between attempts: ``initial`` doubling up to ``cap``; give up after ``deadline``."""
-
-    initial: float = 0.2
-    cap: float = 5.0
-    deadline: float = 30.0
-
-    def delay(self, attempt: int) -> float:
-        # Jitter keeps several consumers from retrying a recovering receiver in lockstep.
-        return min(self.cap, self.initial * 2 ** attempt) * random.uniform(0.8, 1.0)
+# Jitter keeps several consumers from retrying a recovering receiver in lockstep.
+DEFAULT_BACKOFF = Backoff(initial=0.2, cap=5.0, deadline=30.0, jitter=True)
 
 
 def _rfc3339(moment: datetime) -> str:
@@ -58,17 +49,16 @@ def _rfc3339(moment: datetime) -> str:
 class _HttpSink:
     name = "http"
 
-    def __init__(self, url: str, *, backoff: Backoff = Backoff(), timeout: float = 5.0,
-                 client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, url: str, *, backoff: Backoff = DEFAULT_BACKOFF, timeout: float = 5.0,
+                 client: httpx.AsyncClient | None = None, stopping: asyncio.Event | None = None) -> None:
         self.url = url
         self.backoff = backoff
+        self.stopping = stopping  # the consumer's: once set, no more waiting to retry
         self._client = client or httpx.AsyncClient(timeout=timeout)
         self._owns_client = client is None
 
     async def _post(self, body: Any) -> None:
-        loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + self.backoff.deadline
-        attempt = 0
+        retry = Retry(self.backoff, self.stopping)
         while True:
             try:
                 response = await self._client.post(self.url, json=body)
@@ -79,12 +69,12 @@ class _HttpSink:
                     raise DeliveryError(f"{self.name}: {problem}")
             except httpx.TransportError as error:
                 problem = f"{type(error).__name__} posting to {self.url}: {error}"
-            delay = self.backoff.delay(attempt)
-            if loop.time() + delay > give_up_at:
-                raise DeliveryError(f"{self.name}: still failing after {attempt + 1} attempts: {problem}")
-            log.warning("alert sink %s: %s; retrying in %.1f s", self.name, problem, delay)
-            await asyncio.sleep(delay)
-            attempt += 1
+            delay = retry.next_delay()
+            if delay is not None:
+                log.warning("alert sink %s: %s; retrying in %.1f s", self.name, problem, delay)
+            if delay is None or not await retry.wait(delay):
+                why = "stopping" if retry.stopped else f"still failing after {retry.attempts + 1} attempts"
+                raise DeliveryError(f"{self.name}: {why}: {problem}")
 
     async def aclose(self) -> None:
         if self._owns_client:

@@ -24,9 +24,10 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from passpost.consumers.analytics import serving
-from passpost.consumers.analytics.store import Store, extra_json, open_store
-from passpost.consumers.runtime import Batch, Consumer, identity
+from passpost.consumers.analytics.store import Store, StoreUnavailable, extra_json, open_store
+from passpost.consumers.runtime import Batch, Consumer, PoisonBatch, RetryLater, identity
 from passpost.consumers.runtime.health import Route
+from passpost.errors import one_line
 from passpost.schemas.event import PassPostback
 from passpost.settings import Settings
 from passpost.topic_metadata import TopicIdentity
@@ -103,8 +104,14 @@ class AnalyticsConsumer(Consumer):
             if item.event.event_id not in rows:
                 rows[item.event.event_id] = self.row(item.event, item.topic, item.partition, item.offset)
         offsets = {(tp.topic, tp.partition): offset for tp, offset in batch.next_offsets.items()}
-        async with self._store_lock:
-            await asyncio.to_thread(self.store.write, list(rows.values()), offsets)
+        store = self.store
+        try:
+            async with self._store_lock:
+                await asyncio.to_thread(store.write, list(rows.values()), offsets)
+        except store.poison_errors as error:  # these rows will never go in: the runtime isolates them
+            raise PoisonBatch(one_line(error)) from error
+        except (StoreUnavailable, *store.driver_errors) as error:  # the server, the connection, a lock
+            raise RetryLater(one_line(error)) from error
 
     def reference(self, value: str | None) -> str | None:
         mode = self.settings.analytics_reference_value

@@ -16,6 +16,7 @@ Schema (both stores):
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import secrets
@@ -103,16 +104,24 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-class Store:
-    """SQL both stores share; subclasses connect and move the rows."""
+class Store(abc.ABC):
+    """SQL both stores share; subclasses connect and move the rows.
+
+    ``write`` raises the driver's own errors; ``poison_errors`` are those the same rows will
+    always meet (bad data: the consumer dead-letters them), ``driver_errors`` all of the driver's
+    (a server gone, a lock: the consumer retries)."""
 
     param = "?"
+    poison_errors: tuple[type[BaseException], ...] = ()
+    driver_errors: tuple[type[BaseException], ...] = ()
 
+    @abc.abstractmethod
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
+        """Run one statement; its rows (none for a statement without a result)."""
 
+    @abc.abstractmethod
     def schema_statements(self) -> list[str]:
-        raise NotImplementedError
+        """The statements that create the tables, views and indexes (idempotent)."""
 
     def ensure_schema(self) -> None:
         for statement in self.schema_statements():
@@ -145,14 +154,18 @@ class Store:
     def count(self) -> int:
         return int(self._execute("SELECT count(*) FROM pass_postbacks")[0][0])
 
+    @abc.abstractmethod
     def truncate(self) -> None:
-        raise NotImplementedError
+        """Delete every row and every offset, in one transaction."""
 
+    @abc.abstractmethod
     def write(self, rows: list[tuple[Any, ...]], offsets: dict[tuple[str, int], int]) -> None:
-        raise NotImplementedError
+        """Insert ``rows`` (``COLUMNS`` order; a known ``event_id`` is skipped) and upsert ``offsets``, in one
+        transaction."""
 
+    @abc.abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Close the connection."""
 
     def summary(self, now: datetime) -> Summary:
         p = self.param
@@ -184,6 +197,8 @@ class DuckDBStore(Store):
         import duckdb
 
         self._duckdb = duckdb
+        self.poison_errors = (duckdb.ConversionException, duckdb.ConstraintException, duckdb.InvalidInputException)
+        self.driver_errors = (duckdb.Error,)
         directory = os.path.dirname(os.path.abspath(path))
         try:
             os.makedirs(directory, exist_ok=True)
@@ -251,6 +266,8 @@ class PostgresStore(Store):
         import psycopg
 
         self._psycopg = psycopg
+        self.poison_errors = (psycopg.DataError, psycopg.IntegrityError)
+        self.driver_errors = (psycopg.Error,)
         self._dsn = dsn
         self.connection = self._connect()
 

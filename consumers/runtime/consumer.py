@@ -4,10 +4,15 @@ The contract, which is all a consumer author needs to know:
 
 - ``write(batch)`` is called with events in offset order per partition. When it returns,
   the batch must be durable in the sink: the runtime then commits the batch's offsets.
-  If it raises, nothing is committed and the same batch is offered again after a capped
-  exponential backoff, until it succeeds, the process is stopped, or the partitions are
-  revoked (then another member gets the records again). So ``write`` must be idempotent:
-  a batch may be written more than once (de-duplicate on ``event_id``).
+  What it raises says what happens next (``errors.py``): ``RetryLater`` (or an ``OSError``)
+  commits nothing and offers the same batch again after a capped exponential backoff, until
+  it succeeds, the process is stopped, or the partitions are revoked (then another member
+  gets the records again); ``PoisonBatch`` has the events written one by one, and those
+  still refused go to the dead-letter topic; anything else is a bug and stops the consumer,
+  uncommitted. So ``write`` must be idempotent: a batch may be written more than once
+  (de-duplicate on ``event_id``). A batch may be empty and carry only ``next_offsets``.
+- ``stopping`` is set when the runtime stops: a sink waiting to retry inside ``write``
+  gives up at once (``backoff.Retry`` does that).
 - ``validate(event)`` (optional) returns a reason to refuse an event; the runtime sends it
   to the consumer's dead-letter topic, confirmed, before ``write`` sees the rest.
 - Sinks that can store offsets with their rows (a database) set ``stores_offsets = True``,
@@ -21,6 +26,8 @@ The contract, which is all a consumer author needs to know:
 
 from __future__ import annotations
 
+import abc
+import asyncio
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -61,14 +68,19 @@ class Batch:
         return [item.event for item in self.items]
 
 
-class Consumer:
-    """Base class of consumers. Subclass, set ``name``, implement ``write``."""
+class Consumer(abc.ABC):
+    """Base class of consumers. Subclass, set ``name``, implement ``write``.
+
+    ``name`` is the one place a consumer's name comes from: its entry point in the
+    ``passpost.consumers`` group has the same name (``load_consumer`` checks), and its consumer
+    group (``passpost-NAME``), dead-letter topic and metric labels are derived from it."""
 
     name: str = ""
     stores_offsets: bool = False
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.stopping = asyncio.Event()
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
         """Put the consumer's own metrics on the runtime's ``/metrics``. Called before ``start``."""
@@ -83,8 +95,9 @@ class Consumer:
     async def start(self) -> None:
         """Open connections. Called once before the first batch."""
 
+    @abc.abstractmethod
     async def write(self, batch: Batch) -> None:
-        raise NotImplementedError
+        """Make ``batch`` durable in the sink, or raise ``RetryLater`` or ``PoisonBatch`` (see the module's text)."""
 
     def validate(self, event: PassPostback) -> str | None:
         """A reason to dead-letter ``event`` instead of writing it, or None."""

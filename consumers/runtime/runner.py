@@ -1,8 +1,10 @@
 """The loop every consumer runs in: fetch, decode, dead-letter, write, commit.
 
 Offsets move only after the sink has the batch (``Consumer.write`` returned), or, for
-sinks that store offsets, inside the sink's own transaction. A sink error retries the
-same batch with capped exponential backoff and commits nothing. A rebalance waits for
+sinks that store offsets, inside the sink's own transaction. ``RetryLater`` from the sink
+retries the same batch with capped exponential backoff (``backoff.py``) and commits nothing;
+``PoisonBatch`` isolates the events the sink refuses and dead-letters them
+(``dead_letters.py``); any other error stops the consumer, uncommitted (``errors.py``). A rebalance waits for
 the in-flight batch to finish (or drops it, if the sink is failing: the records are then
 redelivered to whoever gets the partition). SIGTERM stops fetching, finishes the batch,
 commits and leaves the group.
@@ -23,14 +25,16 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from importlib.metadata import entry_points
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
+from passpost.consumers.runtime.backoff import Backoff, Retry
 from passpost.consumers.runtime.consumer import Batch, Consumer, Item
-from passpost.consumers.runtime.errors import CannotRun
+from passpost.consumers.runtime.dead_letters import DeadLetters
+from passpost.consumers.runtime.errors import CannotRun, PoisonBatch, RetryLater
 from passpost.consumers.runtime.health import ConsumerMetrics, serve_health
 from passpost.errors import ConfigurationError
-from passpost.kafka import KafkaUnavailable, client_options, create_topics, describe, start_client
+from passpost.kafka import KafkaUnavailable, client_options, describe, start_client
 from passpost.schemas.codec import DecodeError, decode
 from passpost.schemas.registry import RegistryConfig, RegistryMetrics, RegistryResolver
 from passpost.settings import Settings
@@ -40,6 +44,8 @@ log = logging.getLogger("passpost.consumer")
 
 ENTRY_POINT_GROUP = "passpost.consumers"
 FIRST_RETRY_SECONDS = 0.1
+# What a sink's write may raise to have the batch retried (anything else but PoisonBatch is a bug).
+RETRIED = (RetryLater, OSError)
 # How often a consumer started before its topic asks whether the topic exists now.
 TOPIC_POLL_SECONDS = 1.0
 
@@ -57,15 +63,15 @@ def load_consumer(name: str) -> type[Consumer]:
     if name not in entries:
         known = ", ".join(sorted(entries)) or "none"
         raise UnknownConsumer(f"no consumer named {name!r} (registered: {known})")
-    return entries[name].load()  # type: ignore[attr-defined,no-any-return]
+    consumer: type[Consumer] = entries[name].load()  # type: ignore[attr-defined]
+    if consumer.name != name:  # the name is the class's; the entry point only finds it
+        raise UnknownConsumer(f"the entry point {name!r} names {consumer.__module__}.{consumer.__qualname__}, whose "
+                              f"name is {consumer.name!r}: register it as {consumer.name!r}")
+    return consumer
 
 
 def group_id(settings: Settings, name: str) -> str:
     return settings.consumer_group or f"passpost-{name}"
-
-
-def dead_letter_topic(name: str) -> str:
-    return f"pass-postbacks.dlq.{name}.v1"
 
 
 class _Stopped(Exception):
@@ -78,10 +84,13 @@ class Runner:
         self.settings = settings
         self.name = consumer.name
         self.topic = settings.events_topic
-        self.dlq_topic = dead_letter_topic(self.name)
+        self._dead_letters = DeadLetters(settings, self.name)
+        self.dlq_topic = self._dead_letters.topic
         self.metrics = ConsumerMetrics(self.name)
         self.health_port = settings.consumer_port if health_port is None else health_port
-        self.stopping = asyncio.Event()
+        # The consumer's own: its sinks see the stop too, and give up waiting to retry at once.
+        self.stopping = consumer.stopping
+        self.backoff = Backoff(initial=FIRST_RETRY_SECONDS, cap=settings.consumer_retry_max_seconds)
         # Held while a batch is decoded and handed on; a revocation takes it, then settles the write.
         self._in_flight = asyncio.Lock()
         self._revoking = False
@@ -93,10 +102,9 @@ class Runner:
         self._refused_since: float | None = None  # first refusal of a batch not yet committed
         self._last_commit = time.monotonic()  # or the start, or the assignment, before the first commit
         self._committed_once = False
-        self._fatal: CannotRun | None = None  # found in a rebalance callback, raised by run()
+        self._fatal: BaseException | None = None  # found in a rebalance callback or a write, raised by run()
         self.written: dict[TopicPartition, int] = {}  # next offset per partition, for lag
         self._kafka: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
         registry = RegistryConfig.from_settings(settings)
         # Confluent-framed events name their writer schema by registry id: fetched once per id, cached.
         self._resolver = None if registry is None else RegistryResolver(
@@ -116,7 +124,6 @@ class Runner:
             auto_offset_reset="earliest", fetch_max_bytes=fetch_bytes, max_partition_fetch_bytes=fetch_bytes,
             max_poll_records=self.settings.consumer_batch_size,
         )
-        self._producer = AIOKafkaProducer(**options, acks="all", enable_idempotence=True)
         loop = asyncio.get_running_loop()
         handled: list[int] = []
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread: tests call stop()
@@ -131,8 +138,7 @@ class Runner:
                 await self._resolver.start()
             await self.consumer.start()
             started = True
-            await start_client(self._producer, self.settings)
-            await self._ensure_dead_letter_topic()
+            await self._dead_letters.start()
             if not await self._wait_for_topic():
                 return
             await start_client(self._kafka, self.settings)
@@ -150,8 +156,7 @@ class Runner:
             # Leaving the group lets the others take the partitions at once, not after a timeout.
             with contextlib.suppress(Exception):
                 await self._kafka.stop()
-            with contextlib.suppress(Exception):
-                await self._producer.stop()
+            await self._dead_letters.stop()
             await self.consumer.close()
             if self._resolver is not None:
                 await self._resolver.close()
@@ -233,13 +238,6 @@ class Runner:
             raise KafkaUnavailable(f"topic {self.topic} is not in the cluster's metadata")
         await self.consumer.check_topic(self.topic, identity)
 
-    async def _ensure_dead_letter_topic(self) -> None:
-        try:
-            await create_topics(self.settings, [self.dlq_topic])
-        except (KafkaUnavailable, KafkaError) as error:
-            # Where ACLs forbid creating topics, the platform creates it (deploy/k8s does).
-            log.warning("consumer %s: could not create %s (%s)", self.name, self.dlq_topic, describe(error))
-
     def stop(self) -> None:
         self.stopping.set()
 
@@ -276,13 +274,13 @@ class Runner:
         the network), then hand it on only once the previous one is written and committed."""
         started = time.perf_counter()
         try:
-            batch = await self._prepare(fetched)
+            batch, records = await self._prepare(fetched)
         except _Stopped:
-            batch = None
+            batch, records = None, {}
         previous_written = await self._settle()
         # A dropped batch is not skipped: the one after it must not be written either.
         if previous_written and batch is not None:
-            self._pending = asyncio.create_task(self._finish(batch, started))
+            self._pending = asyncio.create_task(self._finish(batch, records, started))
 
     async def _settle(self) -> bool:
         """Wait for the batch being written; False when it was dropped uncommitted."""
@@ -293,10 +291,19 @@ class Runner:
             await task
         except _Stopped:
             return False
+        except Exception as error:  # noqa: BLE001 (a sink's bug: stop, uncommitted; run() raises it)
+            log.error("consumer %s: the sink raised %s (neither RetryLater nor PoisonBatch): stopping without "
+                      "committing the batch", self.name, describe(error))
+            self._fatal = self._fatal or error
+            self.stop()
+            return False
         return True
 
-    async def _prepare(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> Batch:
+    async def _prepare(self, fetched: dict[TopicPartition, list[ConsumerRecord]]
+                       ) -> tuple[Batch, dict[tuple[int, int], ConsumerRecord]]:
+        """The batch, and the records of its items by (partition, offset), should the sink find it poison."""
         items: list[Item] = []
+        kept: dict[tuple[int, int], ConsumerRecord] = {}
         next_offsets: dict[TopicPartition, int] = {}
         if self._resolver is not None and not await self._resolver.learn(
                 (record.value for records in fetched.values() for record in records), self.stopping):
@@ -313,11 +320,12 @@ class Runner:
                     await self._dead_letter(record, "rejected", reason)
                     continue
                 items.append(Item(event, record.topic, record.partition, record.offset))
+                kept[(record.partition, record.offset)] = record
             next_offsets[tp] = records[-1].offset + 1
-        return Batch(items, next_offsets)
+        return Batch(items, next_offsets), kept
 
-    async def _finish(self, batch: Batch, started: float) -> None:
-        await self._write(batch)
+    async def _finish(self, batch: Batch, records: dict[tuple[int, int], ConsumerRecord], started: float) -> None:
+        await self._write_isolating(batch, records)
         await self._commit(batch.next_offsets)
         self._refused_since = None
         self._last_commit = time.monotonic()
@@ -328,24 +336,43 @@ class Runner:
         self.metrics.batches.inc()
         self.metrics.batch_duration.observe(time.perf_counter() - started)
 
+    async def _write_isolating(self, batch: Batch, records: dict[tuple[int, int], ConsumerRecord]) -> None:
+        """Write ``batch``; if the sink calls it poison, its events one by one, and dead-letter those still refused."""
+        try:
+            await self._write(batch)
+            return
+        except PoisonBatch as poison:
+            if not batch.items:
+                raise  # nothing left to isolate: a sink that refuses bare offsets has a bug
+            if len(batch) == 1:
+                item = batch.items[0]
+                await self._dead_letter(records[(item.partition, item.offset)], "poison", str(poison))
+            else:
+                log.warning("consumer %s: the sink refused a batch of %d as poison (%s); writing its events one "
+                            "by one", self.name, len(batch), describe(poison))
+                for item in batch.items:
+                    single = Batch([item], {TopicPartition(item.topic, item.partition): item.offset + 1})
+                    await self._write_isolating(single, records)
+        # The sink's offsets (and the commit) move past the dead letters too.
+        await self._write(Batch([], batch.next_offsets))
+
     async def _write(self, batch: Batch) -> None:
-        delay = FIRST_RETRY_SECONDS
+        retry = Retry(self.backoff, self.stopping)
         while True:
             try:
                 await self.consumer.write(batch)
                 return
-            except Exception as error:  # noqa: BLE001 (any sink error: the batch is retried, never skipped)
+            except RETRIED as error:
                 self._refused()
-                if self.stopping.is_set() or self._revoking:
+                delay = None if self._revoking else retry.next_delay()
+                if delay is None:
                     log.warning("consumer %s: dropping a batch of %d the sink refused (%s); it is not committed "
                                 "and will be read again", self.name, len(batch), describe(error))
                     raise _Stopped from None
                 self.metrics.retries.inc()
                 log.warning("consumer %s: sink refused a batch of %d (%s); retrying in %.1f s", self.name,
                             len(batch), describe(error), delay)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), delay)
-                delay = min(delay * 2, self.settings.consumer_retry_max_seconds)
+                await retry.wait(delay)
 
     def _refused(self) -> None:
         if self._refused_since is None:
@@ -362,23 +389,20 @@ class Runner:
                         describe(error))
 
     async def _dead_letter(self, record: ConsumerRecord, error: str, detail: str) -> None:
-        assert self._producer is not None
-        headers = [("error", error.encode()), ("detail", detail.encode()[:1000]),
-                   ("topic", record.topic.encode()), ("partition", str(record.partition).encode()),
-                   ("offset", str(record.offset).encode())]
-        delay = FIRST_RETRY_SECONDS
+        retry = Retry(self.backoff, self.stopping)
         while True:
             try:
                 # Awaited to the broker's acknowledgement: the offset may move only after.
-                await self._producer.send_and_wait(self.dlq_topic, record.value, key=record.key, headers=headers)
+                await self._dead_letters.send(record, error, detail)
                 break
             except KafkaError as failure:
                 self._refused()
-                if self.stopping.is_set() or self._revoking:
+                delay = None if self._revoking else retry.next_delay()
+                if delay is None:
                     raise _Stopped from None
-                log.warning("consumer %s: dead letter not kept (%s); retrying", self.name, describe(failure))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.consumer_retry_max_seconds)
+                log.warning("consumer %s: dead letter not kept (%s); retrying in %.1f s", self.name,
+                            describe(failure), delay)
+                await retry.wait(delay)
         self.metrics.dead_letter(error)
         log.warning("consumer %s: %s/%d@%d to %s: %s", self.name, record.topic, record.partition, record.offset,
                     self.dlq_topic, error)
@@ -431,7 +455,7 @@ class Runner:
 
     async def _start_offsets_retried(self, assigned: list[TopicPartition]) -> dict[TopicPartition, int]:
         # aiokafka only logs a listener's exception: given up, the partitions would stay unread.
-        delay = FIRST_RETRY_SECONDS
+        retry = Retry(self.backoff, self.stopping)
         while True:
             try:
                 return await self._start_offsets(assigned)
@@ -440,13 +464,13 @@ class Runner:
                 self.stop()
                 return {}
             except Exception as error:  # noqa: BLE001 (the sink's store or Kafka, retried like a batch)
-                if self.stopping.is_set():
+                delay = retry.next_delay()
+                if delay is None:
                     return {}
                 log.warning("consumer %s: cannot read where its partitions start (%s); retrying in %.1f s",
                             self.name, describe(error), delay)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), delay)
-                delay = min(delay * 2, self.settings.consumer_retry_max_seconds)
+                if not await retry.wait(delay):
+                    return {}
 
     async def _start_offsets(self, assigned: list[TopicPartition]) -> dict[TopicPartition, int]:
         """Where each partition starts: the sink's stored offset (sinks that store them), else the

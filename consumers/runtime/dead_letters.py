@@ -1,0 +1,54 @@
+"""A consumer's dead-letter topic: the records it cannot or will not write, byte for byte.
+
+Each dead letter is the record's value and key as they were, with headers saying why
+(``error``: ``undecodable``, ``rejected`` or ``poison``; ``detail``) and where it came
+from (``topic``, ``partition``, ``offset``). ``send`` returns once the broker has
+acknowledged it (acks=all, idempotent): only then may the record's offset move.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import KafkaError
+
+from passpost.kafka import KafkaUnavailable, client_options, create_topics, describe, start_client
+from passpost.settings import Settings
+
+log = logging.getLogger("passpost.consumer")
+
+
+def dead_letter_topic(name: str) -> str:
+    return f"pass-postbacks.dlq.{name}.v1"
+
+
+class DeadLetters:
+    def __init__(self, settings: Settings, name: str) -> None:
+        self.settings = settings
+        self.name = name
+        self.topic = dead_letter_topic(name)
+        self._producer: AIOKafkaProducer | None = None  # made in start(): aiokafka wants the running loop
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(**client_options(self.settings), acks="all", enable_idempotence=True)
+        await start_client(self._producer, self.settings)
+        try:
+            await create_topics(self.settings, [self.topic])
+        except (KafkaUnavailable, KafkaError) as error:
+            # Where ACLs forbid creating topics, the platform creates it (deploy/k8s does).
+            log.warning("consumer %s: could not create %s (%s)", self.name, self.topic, describe(error))
+
+    async def send(self, record: ConsumerRecord, error: str, detail: str) -> None:
+        """One attempt; ``KafkaError`` when the broker did not acknowledge (the caller retries)."""
+        assert self._producer is not None, "send() before start()"
+        headers = [("error", error.encode()), ("detail", detail.encode()[:1000]),
+                   ("topic", record.topic.encode()), ("partition", str(record.partition).encode()),
+                   ("offset", str(record.offset).encode())]
+        await self._producer.send_and_wait(self.topic, record.value, key=record.key, headers=headers)
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
