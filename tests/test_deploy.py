@@ -31,8 +31,8 @@ import pytest
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the manifests (pip install pyyaml)")
 
-from passpost import settings as settings_module  # noqa: E402
-from passpost.kafka import RECORD_OVERHEAD_BYTES  # noqa: E402
+from passpost import settings as settings_module
+from passpost.kafka import RECORD_OVERHEAD_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -949,7 +949,7 @@ def test_dockerfile_installs_dependencies_before_code() -> None:
 
 def test_dockerfile_reads_the_dependencies_from_pyproject(tmp_path: Path) -> None:
     run = next(rest for keyword, rest in stages()[0] if keyword == "RUN" and "tomllib" in rest)
-    code = re.search(r"python -c '(.*?)'", run.replace("\n", " "), re.S)
+    code = re.search(r"python -c '(.*?)'", run.replace("\n", " "), re.DOTALL)
     assert code, run
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
