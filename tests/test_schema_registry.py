@@ -15,7 +15,8 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC
+import urllib.parse
+from datetime import UTC, datetime
 from pathlib import Path
 
 import fastavro
@@ -25,8 +26,10 @@ from confluent_kafka import DeserializingConsumer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import StringDeserializer
+from prometheus_client import CollectorRegistry
 
 from passpost.consumers.analytics.store import open_store
+from passpost.ingest.postback import OutputBudget, parse_xml, postbacks_in
 from passpost.schemas import evolution
 from passpost.schemas.codec import DecodeError, decode, encode_confluent
 from passpost.schemas.event import PassPostback
@@ -34,11 +37,14 @@ from passpost.schemas.registry import (
     COMPATIBILITY,
     RegistryClient,
     RegistryConfig,
+    RegistryMetrics,
     RegistryRefused,
     RegistryResolver,
+    RegistryWatch,
     schema_text,
     subject_for,
 )
+from tests.ecosystem import TcpProxy
 from tests.kafka_helpers import read_all, unique_topic
 from tests.live import free_port, live_ingress
 
@@ -271,10 +277,73 @@ def test_consumers_resolve_older_and_newer_writer_schemas_by_id_with_one_call_pe
 
 
 def _sample_event() -> PassPostback:
-    from datetime import datetime
-
-    from passpost.ingest.postback import OutputBudget, parse_xml, postbacks_in
-
     root, _ = parse_xml(VENDOR_EXAMPLE)
     [postback] = list(postbacks_in(root, OutputBudget(len(VENDOR_EXAMPLE), 10)))
     return postback.to_event(datetime(2026, 1, 1, tzinfo=UTC))
+
+
+def _through_proxy(registry: str, proxy: TcpProxy) -> str:
+    parts = urllib.parse.urlsplit(registry)
+    return registry.replace(f":{parts.port}/", f":{proxy.port}/", 1)
+
+
+def test_registry_gone_later_the_ingress_keeps_writing_with_its_cached_id(
+        kafka_bootstrap: str, kafka_topics: object, schema_registry: str, tmp_path: Path) -> None:
+    topic = unique_topic("registry-outage")
+    kafka_topics([topic])  # type: ignore[operator]
+    proxy = TcpProxy(urllib.parse.urlsplit(schema_registry).port or 0)
+    env = registry_env(kafka_bootstrap, _through_proxy(schema_registry, proxy), topic)
+    with live_ingress(env, tmp_path / "ingress.log") as ingress:
+        proxy.cut()
+        response = httpx.post(f"{ingress.url}/postbacks/passes", content=VENDOR_EXAMPLE,
+                              headers={"Content-Type": "application/xml"}, timeout=10)
+        assert response.status_code == 200, response.text
+    [record] = read_all(kafka_bootstrap, topic, expected=1)
+    latest = ccompat(schema_registry, f"/subjects/{subject_for(topic)}/versions/latest")
+    assert isinstance(latest, dict) and int.from_bytes(record.value[1:5], "big") == latest["id"]
+
+
+def test_registry_gone_later_the_watch_and_the_resolver_say_so_and_cached_ids_keep_decoding(
+        schema_registry: str, caplog: pytest.LogCaptureFixture) -> None:
+    topic = unique_topic("registry-outage-consumer")
+    subject = subject_for(topic)
+    proxy = TcpProxy(urllib.parse.urlsplit(schema_registry).port or 0)
+    config = RegistryConfig(_through_proxy(schema_registry, proxy))
+    event = _sample_event()
+
+    async def scenario() -> None:
+        async with RegistryClient(RegistryConfig(schema_registry)) as client:
+            older = await client.register(subject, json.dumps(_older_schema()))
+            current = await client.register(subject, schema_text())
+        prometheus = CollectorRegistry()
+        metrics = RegistryMetrics(prometheus)
+        resolver = RegistryResolver(config, topic, metrics)
+        watch = RegistryWatch(config, topic, current, metrics, interval=0.1)
+        await resolver.start()
+        watch.start()
+        try:
+            proxy.cut()
+            # The id learnt at start still decodes, without the registry.
+            assert decode(encode_confluent(event, current), resolver=resolver) == event
+            # An id never seen waits for the registry (retrying) instead of failing the record.
+            stopping = asyncio.Event()
+            unseen = b"\0" + older.to_bytes(4, "big") + b"\0"
+            learning = asyncio.create_task(resolver.learn([unseen], stopping))
+            await asyncio.sleep(1.0)
+            assert not learning.done()
+            assert prometheus.get_sample_value("passpost_schema_registry_up") == 0
+            assert (prometheus.get_sample_value("passpost_schema_registry_errors_total", {"reason": "unreachable"})
+                    or 0) >= 2
+            stopping.set()
+            assert await learning is False
+        finally:
+            await watch.stop()
+            await resolver.close()
+
+    with caplog.at_level("WARNING", logger="passpost.schema_registry"):
+        asyncio.run(scenario())
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("unreachable" in m and "still writing with the cached schema id" in m for m in messages), messages
+    assert any("wait (cached ids keep decoding)" in m for m in messages), messages
+    # The watch says it once, not at every failed look.
+    assert sum("still writing with the cached schema id" in m for m in messages) == 1
