@@ -24,6 +24,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from passpost.consumers.analytics import serving
+from passpost.consumers.analytics.columns import row_of
 from passpost.consumers.analytics.store import Store, StoreUnavailable, extra_json, open_store
 from passpost.consumers.runtime import Batch, Consumer, PoisonBatch, RetryLater, identity
 from passpost.consumers.runtime.health import Route
@@ -122,10 +123,9 @@ class AnalyticsConsumer(Consumer):
         return "hmac-sha256:" + hmac.new(self._key, value.encode(), hashlib.sha256).hexdigest()
 
     def row(self, event: PassPostback, topic: str, partition: int, offset: int) -> tuple[Any, ...]:
-        return (event.event_id, event.origin, event.status_code, event.outcome.value, event.code,
-                event.referenced_by, self.reference(event.reference_value), event.custom_pass_id,
-                event.pass_data_id, event.serial_number, event.generated_at, event.timestamp_raw,
-                event.received_at, extra_json(event.extra), topic, partition, offset)
+        """The event's row in ``columns.COLUMNS`` order, built by field name."""
+        return row_of(event, {"outcome": event.outcome.value, "reference_value": self.reference(event.reference_value),
+                              "extra": extra_json(event.extra)}, topic, partition, offset)
 
     async def close(self) -> None:
         if self._duckdb is not None:

@@ -25,19 +25,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from passpost.consumers.analytics.columns import COLUMNS, JSON_COLUMNS, TIMESTAMP_COLUMNS, table_definition
 from passpost.errors import PasspostError
 
-COLUMNS = ("event_id", "origin", "status_code", "outcome", "code", "referenced_by", "reference_value",
-           "custom_pass_id", "pass_data_id", "serial_number", "generated_at", "timestamp_raw", "received_at",
-           "extra", "kafka_topic", "kafka_partition", "kafka_offset")
-
-_TABLE = """
-CREATE TABLE IF NOT EXISTS pass_postbacks (
-    event_id TEXT PRIMARY KEY, origin TEXT NOT NULL, status_code TEXT NOT NULL, outcome TEXT NOT NULL,
-    code TEXT, referenced_by TEXT, reference_value TEXT, custom_pass_id TEXT, pass_data_id TEXT,
-    serial_number TEXT, generated_at {ts}, timestamp_raw TEXT, received_at {ts} NOT NULL, extra {json},
-    kafka_topic TEXT NOT NULL, kafka_partition INTEGER NOT NULL, kafka_offset BIGINT NOT NULL)
-"""
+# Derived from the event schema (columns.py): the .avsc is the one list of the event's fields.
+_TABLE = table_definition()
 _SCHEMA = [
     ("CREATE TABLE IF NOT EXISTS passpost_offsets (kafka_topic TEXT NOT NULL, kafka_partition INTEGER NOT NULL, "
      "next_offset BIGINT NOT NULL, PRIMARY KEY (kafka_topic, kafka_partition))"),
@@ -234,12 +226,13 @@ class DuckDBStore(Store):
             if rows:
                 # Column lists unnested side by side: one statement per batch, no row-by-row executemany.
                 columns = [list(column) for column in zip(*rows)]
-                for index in (COLUMNS.index("generated_at"), COLUMNS.index("received_at")):
+                for name in TIMESTAMP_COLUMNS:
+                    index = COLUMNS.index(name)
                     columns[index] = [None if v is None else v.replace(tzinfo=None) for v in columns[index]]
                 select = ", ".join(f"unnest(${n + 1}) AS {name}" for n, name in enumerate(COLUMNS))
-                con.execute(f"INSERT INTO pass_postbacks SELECT {', '.join(COLUMNS[:13])}, extra::JSON, "
-                            f"{', '.join(COLUMNS[14:])} FROM (SELECT {select}) ON CONFLICT (event_id) DO NOTHING",
-                            columns)
+                cast = ", ".join(f"{name}::JSON" if name in JSON_COLUMNS else name for name in COLUMNS)
+                con.execute(f"INSERT INTO pass_postbacks SELECT {cast} FROM (SELECT {select}) "
+                            "ON CONFLICT (event_id) DO NOTHING", columns)
             for (topic, partition), offset in offsets.items():
                 con.execute(_UPSERT_OFFSET.format(p="?"), [topic, partition, offset])
             con.execute("COMMIT")
