@@ -164,6 +164,8 @@ def schema_check() -> None:
 def schema_register() -> None:
     """Register the event schema under <events topic>-value and set the subject's compatibility level."""
     settings = _settings()
+    if settings.schema_registry_url is None:
+        raise click.UsageError("PASSPOST_SCHEMA_REGISTRY_URL: not set; `passpost schema register` needs the registry")
     from passpost.schemas.schema_commands import register
 
     click.echo(asyncio.run(register(settings)))
