@@ -34,6 +34,7 @@ from starlette.routing import Route
 
 from passpost.ingest.auth import TokenCheck
 from passpost.ingest.connection import TIMED_OUT, Refusal
+from passpost.ingest.forwarder import SpoolingPublisher, publisher_for
 from passpost.ingest.metrics import IngestMetrics
 from passpost.ingest.middleware import RequestContext
 from passpost.ingest.postback import OutputBudget, Rejected, extract_xml, parse_xml, postbacks_in
@@ -57,7 +58,7 @@ def error(status: int, code: str, detail: str, headers: dict[str, str] | None = 
 class Ingress:
     """The endpoints, holding what they share: settings, credentials, producer, metrics."""
 
-    def __init__(self, settings: Settings, publisher: Publisher, metrics: IngestMetrics) -> None:
+    def __init__(self, settings: Settings, publisher: Publisher | SpoolingPublisher, metrics: IngestMetrics) -> None:
         self.settings = settings
         self.publisher = publisher
         self.metrics = metrics
@@ -91,9 +92,9 @@ class Ingress:
         except KafkaUnavailable as unavailable:
             return self._unavailable(unavailable)
         except EventTooLarge as too_large:
-            rejected = Rejected(413, "event_too_large", f"Kafka refused an event of this request as too large: "
-                                                        f"{too_large}")
-            return await self._dead_letter(body, rejected, received_at, content_type, request_id)
+            refusal = Rejected(413, "event_too_large", f"Kafka refused an event of this request as too large: "
+                                                       f"{too_large}")
+            return await self._dead_letter(body, refusal, received_at, content_type, request_id)
         for _, outcome, origin in events:
             self.metrics.count_event(outcome, origin)
         request.state.log_fields = {"events": len(events)}
@@ -169,16 +170,18 @@ class Ingress:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     codes = {404: "not_found", 405: "method_not_allowed"}
-    return error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), headers=exc.headers)
+    return error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail),
+                 headers=None if exc.headers is None else dict(exc.headers))
 
 
 def create_app(
-    settings: Settings, publisher: Publisher | None = None, metrics: IngestMetrics | None = None
+    settings: Settings, publisher: Publisher | SpoolingPublisher | None = None, metrics: IngestMetrics | None = None
 ) -> Starlette:
     """Build the ingress. Its lifespan starts the publisher unless it runs already, and
     flushes and stops it at shutdown, after the server has finished in-flight requests."""
     metrics = metrics or IngestMetrics(known_origins=settings.known_origins)
-    ingress = Ingress(settings, publisher or Publisher(settings, metrics), metrics)
+    ingress = Ingress(settings, publisher or publisher_for(settings, Publisher(settings, metrics), metrics.registry),
+                      metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -80,6 +82,18 @@ class EventTooLarge(Exception):
     """Kafka refused a record as too large: retrying cannot help."""
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _count_late(late: Callable[[int], None] | None, future: asyncio.Future[Any]) -> None:
+    if future.cancelled() or future.exception() is not None:  # retrieved: a late failure is no news
+        return
+    if late is not None:
+        late(1)
+
+
 # Errors after which an idempotent producer's state (producer id, sequence numbers) no
 # longer matches the broker's: typically batches expired while the broker was away, so the
 # broker sees a gap in the sequence. aiokafka keeps failing every later batch, where the
@@ -113,6 +127,10 @@ class Publisher:
             # Below the sender's 10 s: a request the producer cannot confirm fails in time.
             request_timeout_ms=int(settings.produce_timeout_seconds * 1000),
         )
+
+    @property
+    def running(self) -> bool:
+        return self._producer is not None
 
     async def start(self) -> None:
         """Connect to Kafka; a no-op when already started."""
@@ -184,17 +202,29 @@ class Publisher:
         log.warning("replaced the Kafka producer after it lost its idempotence state")
         await self._close(broken)
 
-    async def publish(self, topic: str, records: Sequence[Record]) -> None:
-        """Send ``(key, value, headers)`` records and wait until Kafka confirmed all of them."""
+    async def publish(self, topic: str, records: Sequence[Record],
+                      late: Callable[[int], None] | None = None) -> None:
+        """Send ``(key, value, headers)`` records and wait until Kafka confirmed all of them.
+
+        With ``late``, records still unconfirmed at the deadline are left to the producer
+        and ``late(n)`` is called for each that Kafka confirms after all: the spool, which
+        keeps and sends them again, counts those duplicates."""
         producer = self._producer
         if producer is None:
             raise KafkaUnavailable("the producer is not running")
         started = time.perf_counter()
+        futures: list[asyncio.Future[Any]] = []
         try:
             # asyncio.timeout, unlike wait_for, runs in this task: no extra task per request.
             async with asyncio.timeout(self._settings.produce_timeout_seconds):
-                await self._send_all(producer, topic, records)
+                if late is None:
+                    await self._send_all(producer, topic, records)
+                else:
+                    await self._send_watched(producer, topic, records, futures)
         except TimeoutError:
+            for future in futures:
+                if not future.done():
+                    future.add_done_callback(functools.partial(_count_late, late))
             self._metrics.produce_errors.labels(topic, "timeout").inc()
             raise KafkaUnavailable(
                 f"Kafka did not confirm within {self._settings.produce_timeout_seconds:g} s"
@@ -220,6 +250,18 @@ class Publisher:
             await futures[0]
         else:
             await asyncio.gather(*futures)
+
+    @staticmethod
+    async def _send_watched(producer: AIOKafkaProducer, topic: str, records: Sequence[Record],
+                            futures: list[asyncio.Future[Any]]) -> None:
+        # As _send_all, but the deadline must not cancel the producer's futures: whether
+        # Kafka confirms them later is what tells a duplicate.
+        for key, value, headers in records:
+            future = await producer.send(topic, value, key=key, headers=headers)
+            future.add_done_callback(_retrieve)  # none is left "never retrieved" after a failure
+            futures.append(future)
+        for future in futures:
+            await asyncio.shield(future)
 
     async def ready(self) -> bool:
         """True while the producer has a live connection to a broker (checked at most once a second)."""

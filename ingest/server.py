@@ -22,6 +22,7 @@ from starlette.types import ASGIApp
 from passpost.errors import PasspostError
 from passpost.ingest.app import create_app
 from passpost.ingest.connection import ConnectionLimits, LimitedHttpProtocol
+from passpost.ingest.forwarder import publisher_for
 from passpost.ingest.metrics import IngestMetrics
 from passpost.ingest.publisher import Publisher
 from passpost.settings import Settings
@@ -94,7 +95,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
 async def serve(settings: Settings) -> None:
     sock = listening_socket(settings.host, settings.port)
     metrics = IngestMetrics(known_origins=settings.known_origins)
-    publisher = Publisher(settings, metrics)
+    # With PASSPOST_SPOOL_DIR, the spool is opened here (a bad directory is one line) and an
+    # unreachable Kafka no longer stops the start: postbacks are spooled until it is back.
+    publisher = publisher_for(settings, Publisher(settings, metrics), metrics.registry)
     await publisher.start()
     app = create_app(settings, publisher, metrics)
     config = uvicorn_config(app, settings, metrics)

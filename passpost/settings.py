@@ -243,6 +243,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("produce_timeout_seconds", _seconds, 5.0,
             "How long a request waits for Kafka to confirm before answering 503 (the vendor gives up after 10 s)."),
     Setting("retry_after_seconds", _positive_int, 30, "The `Retry-After` value sent with a 503."),
+    Setting("spool_dir", _string, None,
+            "Directory of the durable local spool: a request Kafka does not confirm in time is kept there, "
+            "answered 200 once on disk, and forwarded in order when Kafka is back (README, The spool). Unset: 503."),
+    Setting("spool_max_bytes", _int_at_least(64 * 1024), 1024 * 1024 * 1024,
+            "Most bytes the spool may hold; a request that does not fit is answered 503 with `Retry-After`."),
+    Setting("spool_drain_seconds", _seconds, 10.0,
+            "On SIGTERM, how long the forwarder keeps sending spooled records to Kafka before exiting; the rest "
+            "stays in the spool for the next start."),
     Setting("shutdown_timeout_seconds", _seconds, 20.0,
             "On SIGTERM, how long in-flight requests get to finish before the producer flushes."),
     Setting("consumer_group", _string, None, "Consumer group of `passpost consume NAME`; `passpost-NAME` when unset."),
@@ -276,7 +284,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("alert_resolve_after_seconds", _seconds, 300.0,
             "An alert resolves, and the resolution is sent, when its failures stopped for this long."),
     Setting("alert_delivery_deadline_seconds", _seconds, 30.0,
-            "How long a sink retries (backoff from 0.2 s doubling to 5 s) before the batch fails and is retried whole."),
+            "How long a sink retries (backoff from 0.2 s doubling to 5 s) before the batch fails and is retried "
+            "whole."),
     Setting("alert_state_file", _string, "data/alerts-state.json",
             "The alerts consumer's local store: open alerts and the offsets they cover (keep it on a volume)."),
     Setting("log_format", _choice("text", "json"), "text", "`text` for people, `json` for one JSON object per line."),
@@ -321,6 +330,9 @@ class Settings:
     max_connections: int
     produce_timeout_seconds: float
     retry_after_seconds: int
+    spool_dir: str | None
+    spool_max_bytes: int
+    spool_drain_seconds: float
     shutdown_timeout_seconds: float
     consumer_group: str | None
     consumer_port: int
