@@ -1,6 +1,6 @@
 """The alerts benchmark: postback accepted by the ingress -> alert delivered at a webhook.
 
-    python bench/alerts.py [--duration 60] [--rate 1000] [--failure-ratio 0.05]
+    python -m bench.alerts [--duration 60] [--rate 1000] [--failure-ratio 0.05]
                            [--origins 20] [--resolve-after 5] [--connections 64] [--warmup 3]
 
 What one run does (see BENCHMARKS.md, "Alerts", for the figures measured so far):
@@ -56,7 +56,6 @@ import json
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -67,22 +66,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Self
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ingest import (  # bench/ingest.py: the ingress benchmark's helpers
-    POSTBACK_PATH,
-    BenchError,
+from bench.ingest import (  # the ingress benchmark's helpers
     Server,
     WrkResult,
+    add_wrk_options,
+    bench_main,
     create_topics,
-    free_port,
+    fresh_topic_names,
     kafka_broker,
     log,
     passpost_command,
+    passpost_env,
     require_wrk,
+    run_wrk,
     settle,
     topic_records,
+    wrk_script,
 )
+from passpost.ports import free_port
 
 TARGET_P99_S = 1.0
 FAILURE_CODES = ("N802", "N803", "N811", "N899")  # N899: unknown to SPEC section 1
@@ -165,27 +166,7 @@ function response(status, headers, body)
    if status == 200 then ok = ok + 1 else not_ok = not_ok + 1 end
 end
 
-function done(summary, latency, requests)
-   local ok_total, not_ok_total, failures_total = 0, 0, 0
-   for _, thread in ipairs(threads) do
-      ok_total = ok_total + thread:get("ok")
-      not_ok_total = not_ok_total + thread:get("not_ok")
-      failures_total = failures_total + thread:get("failures")
-   end
-   local seconds = summary.duration / 1e6
-   local errors = summary.errors
-   io.write(string.format(
-      'BENCH_RESULT {"requests": %d, "seconds": %.3f, "rps": %.1f, '
-      .. '"p50_ms": %.3f, "p90_ms": %.3f, "p99_ms": %.3f, "max_ms": %.3f, "mean_ms": %.3f, '
-      .. '"status_200": %d, "status_other": %d, '
-      .. '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}}\n',
-      summary.requests, seconds, summary.requests / seconds,
-      latency:percentile(50) / 1000, latency:percentile(90) / 1000, latency:percentile(99) / 1000,
-      latency.max / 1000, latency.mean / 1000,
-      ok_total, not_ok_total,
-      errors.connect, errors.read, errors.write, errors.status, errors.timeout))
-   io.write(string.format('BENCH_FAILURES %d\n', failures_total))
-end
+-- done(): bench/report.lua, appended by wrk_script.
 """
 
 
@@ -267,25 +248,10 @@ def parse_time(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
-def run_wrk(wrk: str, options: argparse.Namespace, port: int, token: str, script: Path, *,
-            seconds: int, failure_ratio: float) -> tuple[WrkResult, int]:
-    per_thread = options.rate / options.threads
-    phase = seconds / options.origins
-    command = [
-        wrk, f"-t{options.threads}", f"-c{options.connections}", f"-d{seconds}s", "--timeout", "10s",
-        "-s", str(script), f"http://127.0.0.1:{port}{POSTBACK_PATH}", "--",
-        token, f"{per_thread:g}", f"{failure_ratio:g}", f"{phase:g}", str(options.origins),
-    ]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
-    result, failures = None, 0
-    for line in completed.stdout.splitlines():
-        if line.startswith("BENCH_RESULT "):
-            result = WrkResult(**json.loads(line.removeprefix("BENCH_RESULT ")))
-        elif line.startswith("BENCH_FAILURES "):
-            failures = int(line.split()[1])
-    if result is None:
-        raise BenchError(f"wrk printed no result (status {completed.returncode}): {completed.stderr.strip()[-300:]}")
-    return result, failures
+def paced_arguments(options: argparse.Namespace, token: str, seconds: int, failure_ratio: float) -> list[str]:
+    """The paced script's arguments: token, requests/s per thread, failure ratio, seconds per phase, origins."""
+    return [token, f"{options.rate / options.threads:g}", f"{failure_ratio:g}", f"{seconds / options.origins:g}",
+            str(options.origins)]
 
 
 def wait_resolved(receiver: Receiver, seconds: float) -> None:
@@ -333,25 +299,13 @@ def run(options: argparse.Namespace) -> Report:
     wrk = require_wrk()
     report = Report()
     token = secrets.token_urlsafe(24)
-    run_id = secrets.token_hex(4)
-    events_topic = f"bench-{run_id}.pass-postbacks.v1"
-    dead_letter_topic = f"bench-{run_id}.pass-postbacks.dlq.v1"
+    events_topic, dead_letter_topic = fresh_topic_names()
     workdir = Path(tempfile.mkdtemp(prefix="passpost-bench-alerts-"))
-    script = workdir / "alerts.lua"
-    script.write_text(LUA_SCRIPT)
+    script = wrk_script(LUA_SCRIPT, workdir, "alerts.lua")
     log(f"logs, state file and wrk script in {workdir}")
 
     with kafka_broker() as bootstrap, Receiver() as receiver:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("PASSPOST_")}
-        env.update({
-            "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "PASSPOST_EVENTS_TOPIC": events_topic,
-            "PASSPOST_DEAD_LETTER_TOPIC": dead_letter_topic,
-            "PASSPOST_INGEST_TOKENS": token,
-            "PASSPOST_LOG_LEVEL": "warning",
-        })
-        env.update({key: value for key, value in os.environ.items()
-                    if key.startswith("PASSPOST_") and key not in env})
+        env = passpost_env(bootstrap, events_topic, dead_letter_topic, token)
         partitions = create_topics(env)
         log(f"topics {events_topic} and {dead_letter_topic} created, empty")
 
@@ -362,7 +316,7 @@ def run(options: argparse.Namespace) -> Report:
         consumer_env = {
             **env,
             "PASSPOST_CONSUMER_PORT": str(consumer_port),
-            "PASSPOST_CONSUMER_GROUP": f"bench-{run_id}-alerts",
+            "PASSPOST_CONSUMER_GROUP": events_topic.removesuffix(".pass-postbacks.v1") + "-alerts",
             "PASSPOST_ALERT_WEBHOOK_URL": f"http://127.0.0.1:{receiver.port}/alerts",
             "PASSPOST_ALERT_LOG": "false",
             "PASSPOST_ALERT_STATE_FILE": str(workdir / "alerts-state.json"),
@@ -380,11 +334,12 @@ def run(options: argparse.Namespace) -> Report:
                     f"{options.failure_ratio:.0%} failures over {options.origins} origins")
                 if options.warmup:
                     log(f"warming up for {options.warmup} s at {options.rate:g}/s, successes only (no alert)")
-                    run_wrk(wrk, options, port, token, script, seconds=options.warmup, failure_ratio=0.0)
+                    run_wrk(wrk, options, port, script, paced_arguments(options, token, options.warmup, 0.0),
+                            options.warmup)
                 report.started = time.time()
-                report.wrk, report.failures_sent = run_wrk(wrk, options, port, token, script,
-                                                           seconds=options.duration,
-                                                           failure_ratio=options.failure_ratio)
+                report.wrk, report.failures_sent = run_wrk(
+                    wrk, options, port, script,
+                    paced_arguments(options, token, options.duration, options.failure_ratio), options.duration)
                 report.server_200s = settle(port)
                 report.events_on_topic = topic_records(bootstrap, events_topic, partitions)
                 report.dead_letters = topic_records(bootstrap, dead_letter_topic, partitions)
@@ -446,8 +401,9 @@ def print_report(report: Report, options: argparse.Namespace) -> bool:
     print("latency, acceptance (received_at of the group's first event) -> first firing notification at the webhook:")
     print("  " + summary("firing", firing))
     if report.slowest:
-        print("  slowest: " + "; ".join(f"{latency * 1000:.0f} ms {name} (first event {first_seen - report.started:.1f} s "
-                                        "into the load)" for latency, name, first_seen in report.slowest))
+        print("  slowest: " + "; ".join(
+            f"{latency * 1000:.0f} ms {name} (first event {first_seen - report.started:.1f} s into the load)"
+            for latency, name, first_seen in report.slowest))
     print(f"lateness of the resolution, (received_at of the group's last event + {options.resolve_after:g} s) -> "
           "resolved notification at the webhook:")
     print("  " + summary("resolved", list(report.resolved.values())))
@@ -471,24 +427,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="origins the failures move through, one phase each (default 20)")
     parser.add_argument("--resolve-after", type=float, default=5.0,
                         help="PASSPOST_ALERT_RESOLVE_AFTER_SECONDS for the consumer (default 5)")
-    parser.add_argument("--connections", type=int, default=64,
-                        help="wrk connections (default 64: enough that the pacing, not the latency, sets the rate)")
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    add_wrk_options(parser, connections=64,
+                    connections_help="wrk connections (default 64: enough that the pacing, not the latency, sets the "
+                                     "rate)")
     parser.add_argument("--warmup", type=int, default=3,
                         help="seconds of N801-only load (no alert) before the measured run; 0: none (default 3)")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
-    options = parser.parse_args(argv)
-    if options.connections < options.threads:
-        parser.error("--connections must be at least --threads")
-    try:
-        report = run(options)
-    except BenchError as error:
-        print(f"bench: error: {error}", file=sys.stderr)
-        return 2
-    met = print_report(report, options)
-    if report.failures:
-        return 1
-    return 1 if options.strict and not met else 0
+    return bench_main(parser, argv, run, print_report)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The consumer benchmark: `passpost consume analytics` draining a backlog into DuckDB and PostgreSQL.
 
-    python bench/consume.py [--events 1000000] [--partitions 6] [--skip-postgres]
+    python -m bench.consume [--events 1000000] [--partitions 6] [--skip-postgres]
 
 What one run does (figures in BENCHMARKS.md):
 
@@ -36,17 +36,16 @@ from pathlib import Path
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # tests.postgres_fixtures, tests.live
-
 from passpost import settings as settings_module
 from passpost.consumers.analytics.store import open_store
 from passpost.kafka import create_topics
 from passpost.localkafka import LocalKafka
+from passpost.ports import free_port
 from passpost.schemas.codec import decode, encode
 from passpost.schemas.event import PassPostback, classify
-from tests.live import free_port
 from tests.postgres_fixtures import PostgresServer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 CODES = ("N801", "N801", "N801", "N802", "N803", "N811", "X999")
 

@@ -1,6 +1,6 @@
 """The ingress benchmark: `passpost serve` against a bare Starlette endpoint, with wrk.
 
-    python bench/ingest.py [--duration 20] [--connections 32] [--threads 2]
+    python -m bench.ingest [--duration 20] [--connections 32] [--threads 2]
 
 What one run does (see BENCHMARKS.md for the figures measured so far):
 
@@ -49,18 +49,21 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from passpost.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-LUA_SCRIPT = ROOT / "bench" / "post.lua"
+POST_LUA = ROOT / "bench" / "post.lua"
+REPORT_LUA = ROOT / "bench" / "report.lua"  # done(): appended to every wrk script (wrk_script)
 BARE_APP = ROOT / "bench" / "bare_app.py"
 VENDOR_EXAMPLE = ROOT / "tests" / "data" / "vendor_example.xml"
 POSTBACK_PATH = "/postbacks/passes"
@@ -120,12 +123,6 @@ class Report:
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def require_wrk() -> str:
@@ -237,16 +234,75 @@ class Server:
         return "(no output)"
 
 
-def run_wrk(wrk: str, options: argparse.Namespace, port: int, token: str, seconds: int) -> WrkResult:
+def fresh_topic_names() -> tuple[str, str]:
+    """An events and a dead-letter topic name no earlier run used."""
+    run_id = secrets.token_hex(4)
+    return f"bench-{run_id}.pass-postbacks.v1", f"bench-{run_id}.pass-postbacks.dlq.v1"
+
+
+def passpost_env(bootstrap: str, events_topic: str, dead_letter_topic: str, token: str) -> dict[str, str]:
+    """The environment of the benchmark's passpost processes: the broker, fresh topics, the token, warnings
+    only; then the caller's own PASSPOST_* settings (linger, compression, partitions...) where not set here."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PASSPOST_")}
+    env.update({
+        "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "PASSPOST_EVENTS_TOPIC": events_topic,
+        "PASSPOST_DEAD_LETTER_TOPIC": dead_letter_topic,
+        "PASSPOST_INGEST_TOKENS": token,
+        "PASSPOST_LOG_LEVEL": "warning",
+    })
+    env.update({key: value for key, value in os.environ.items() if key.startswith("PASSPOST_") and key not in env})
+    return env
+
+
+def wrk_script(own: str, directory: Path, name: str) -> Path:
+    """A wrk script of ``own`` Lua followed by bench/report.lua's done(), written into ``directory``."""
+    script = directory / name
+    script.write_text(own.rstrip("\n") + "\n\n" + REPORT_LUA.read_text())
+    return script
+
+
+def run_wrk(wrk: str, options: argparse.Namespace, port: int, script: Path, arguments: list[str],
+            seconds: int) -> tuple[WrkResult, int]:
+    """wrk against the ingress on ``port``: its BENCH_RESULT, and its BENCH_FAILURES count (0 if none)."""
     command = [
         wrk, f"-t{options.threads}", f"-c{options.connections}", f"-d{seconds}s", "--timeout", "10s",
-        "-s", str(LUA_SCRIPT), f"http://127.0.0.1:{port}{POSTBACK_PATH}", "--", str(options.body), token,
+        "-s", str(script), f"http://127.0.0.1:{port}{POSTBACK_PATH}", "--", *arguments,
     ]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    result, failures = None, 0
     for line in completed.stdout.splitlines():
         if line.startswith("BENCH_RESULT "):
-            return WrkResult(**json.loads(line.removeprefix("BENCH_RESULT ")))
-    raise BenchError(f"wrk printed no result (status {completed.returncode}): {completed.stderr.strip()[-300:]}")
+            result = WrkResult(**json.loads(line.removeprefix("BENCH_RESULT ")))
+        elif line.startswith("BENCH_FAILURES "):
+            failures = int(line.split()[1])
+    if result is None:
+        raise BenchError(f"wrk printed no result (status {completed.returncode}): {completed.stderr.strip()[-300:]}")
+    return result, failures
+
+
+def add_wrk_options(parser: argparse.ArgumentParser, *, connections: int, connections_help: str) -> None:
+    parser.add_argument("--connections", type=int, default=connections, help=connections_help)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+
+
+def bench_main(parser: argparse.ArgumentParser, argv: list[str] | None, run: Callable[[argparse.Namespace], Any],
+               print_report: Callable[[Any, argparse.Namespace], bool]) -> int:
+    """Parse, run, report: status 2 when the benchmark could not run, 1 when a run failed or (--strict) a
+    target was missed, else 0."""
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    options = parser.parse_args(argv)
+    if options.connections < options.threads:
+        parser.error("--connections must be at least --threads")
+    try:
+        report = run(options)
+    except BenchError as error:
+        print(f"bench: error: {error}", file=sys.stderr)
+        return 2
+    met = print_report(report, options)
+    if report.failures:
+        return 1
+    return 1 if options.strict and not met else 0
 
 
 def scrape_200s(port: int) -> int:
@@ -284,9 +340,7 @@ def kafka_broker() -> Iterator[str]:
         log(f"using the Kafka at {configured} (PASSPOST_KAFKA_BOOTSTRAP_SERVERS)")
         yield configured
         return
-    from passpost.localkafka import LocalKafka
-
-    from passpost.localkafka import LocalKafkaError
+    from passpost.localkafka import LocalKafka, LocalKafkaError
 
     log("starting a local Kafka broker")
     kafka = LocalKafka()
@@ -378,24 +432,14 @@ def run(options: argparse.Namespace) -> Report:
     wrk = require_wrk()
     report = Report()
     token = secrets.token_urlsafe(24)
-    run_id = secrets.token_hex(4)
-    events_topic = f"bench-{run_id}.pass-postbacks.v1"
-    dead_letter_topic = f"bench-{run_id}.pass-postbacks.dlq.v1"
+    events_topic, dead_letter_topic = fresh_topic_names()
     logdir = Path(tempfile.mkdtemp(prefix="passpost-bench-"))
+    script = wrk_script(POST_LUA.read_text(), logdir, "post.lua")
+    wrk_arguments = [str(options.body), token]
     log(f"server logs in {logdir}")
 
     with kafka_broker() as bootstrap:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("PASSPOST_")}
-        env.update({
-            "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "PASSPOST_EVENTS_TOPIC": events_topic,
-            "PASSPOST_DEAD_LETTER_TOPIC": dead_letter_topic,
-            "PASSPOST_INGEST_TOKENS": token,
-            "PASSPOST_LOG_LEVEL": "warning",
-        })
-        # Settings the caller chose for the ingress (linger, compression, partitions...).
-        env.update({key: value for key, value in os.environ.items()
-                    if key.startswith("PASSPOST_") and key not in env})
+        env = passpost_env(bootstrap, events_topic, dead_letter_topic, token)
         partitions = create_topics(env)
         before = topic_records(bootstrap, events_topic, partitions)
         if before != 0:
@@ -416,11 +460,11 @@ def run(options: argparse.Namespace) -> Report:
         ingress.start()
         try:
             log(f"warming the ingress up for {WARMUP_SECONDS} s")
-            run_wrk(wrk, options, port, token, WARMUP_SECONDS)
+            run_wrk(wrk, options, port, script, wrk_arguments, WARMUP_SECONDS)
             warm_200s = settle(port)
             log(f"driving the ingress for {options.duration} s at {options.connections} connections")
             cpu_before = cpu_seconds(ingress.server_pid)
-            report.ingress = run_wrk(wrk, options, port, token, options.duration)
+            report.ingress, _ = run_wrk(wrk, options, port, script, wrk_arguments, options.duration)
             ingress_cpu = cpu_seconds(ingress.server_pid) - cpu_before
             report.ingress_rss_after_wrk_mib = peak_rss_mib(ingress.server_pid)
             # Totals since the topic was created (warm-up included): these two must be equal.
@@ -452,10 +496,10 @@ def run(options: argparse.Namespace) -> Report:
         bare.start()
         try:
             log(f"warming the bare endpoint up for {WARMUP_SECONDS} s")
-            run_wrk(wrk, options, port, token, WARMUP_SECONDS)
+            run_wrk(wrk, options, port, script, wrk_arguments, WARMUP_SECONDS)
             log(f"driving the bare endpoint for {options.duration} s at {options.connections} connections")
             cpu_before = cpu_seconds(bare.server_pid)
-            report.bare = run_wrk(wrk, options, port, token, options.duration)
+            report.bare, _ = run_wrk(wrk, options, port, script, wrk_arguments, options.duration)
             report.bare_cpu_ms = 1000 * (cpu_seconds(bare.server_pid) - cpu_before) / max(report.bare.requests, 1)
             report.bare_rss_mib = peak_rss_mib(bare.server_pid)
         finally:
@@ -516,9 +560,9 @@ def print_report(report: Report, options: argparse.Namespace) -> bool:
           f"bare endpoint: {report.bare_rss_mib:.1f} MiB")
     times = sorted(report.bundle_times)
     if times:
-        print(f"bundle of {options.bundle_items} items x {len(times)} posts: p50 {statistics.median(times) * 1000:.0f} ms, "
-              f"max {times[-1] * 1000:.0f} ms, answered 200 with {options.bundle_items} events: "
-              f"{report.bundle_ok}/{len(times)}")
+        print(f"bundle of {options.bundle_items} items x {len(times)} posts: "
+              f"p50 {statistics.median(times) * 1000:.0f} ms, max {times[-1] * 1000:.0f} ms, "
+              f"answered 200 with {options.bundle_items} events: {report.bundle_ok}/{len(times)}")
     targets = [
         (f"ingress >= {TARGET_RATIO} x bare requests/s", ratio >= TARGET_RATIO, f"{ratio:.2f}"),
         (f"ingress p99 < {TARGET_P99_MS:g} ms", ingress.p99_ms < TARGET_P99_MS, f"{ingress.p99_ms:.1f} ms"),
@@ -558,8 +602,7 @@ def print_hot_spots(collapsed: Path, top: int = 15) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Benchmark passpost serve against a bare Starlette endpoint.")
     parser.add_argument("--duration", type=int, default=20, help="seconds of load per server (default 20)")
-    parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    add_wrk_options(parser, connections=32, connections_help="wrk connections (default 32)")
     parser.add_argument("--bundle-items", type=int, default=300, help="NOTIFICATION items per bundle (default 300)")
     parser.add_argument("--bundle-posts", type=int, default=20, help="bundles posted one after the other (default 20)")
     parser.add_argument("--body", type=Path, default=VENDOR_EXAMPLE,
@@ -567,21 +610,14 @@ def main(argv: list[str] | None = None) -> int:
                              "which takes the ingress's XML recovery path)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="run the ingress under py-spy record and write its samples to DIR")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
-    options = parser.parse_args(argv)
-    if options.connections < options.threads:
-        parser.error("--connections must be at least --threads")
-    try:
-        report = run(options)
-    except BenchError as error:
-        print(f"bench: error: {error}", file=sys.stderr)
-        return 2
-    all_met = print_report(report, options)
-    if options.profile:
-        print_hot_spots(options.profile / "ingress.collapsed")
-    if report.failures:
-        return 1
-    return 1 if options.strict and not all_met else 0
+
+    def report_and_profile(report: Report, options: argparse.Namespace) -> bool:
+        all_met = print_report(report, options)
+        if options.profile:
+            print_hot_spots(options.profile / "ingress.collapsed")
+        return all_met
+
+    return bench_main(parser, argv, run, report_and_profile)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from pathlib import Path
 import click
 
 from passpost.kafka import create_topics
+from passpost.ports import free_port
 from passpost.settings import Settings
 
 VENDOR_EXAMPLE = resources.files("passpost").joinpath("vendor_example.xml").read_text()
@@ -85,12 +85,6 @@ def report_hint() -> str:
 DEV_CONSUMERS = ("analytics", "alerts")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def consumers_for(settings: Settings) -> Iterator[list[str]]:
     """Each built-in consumer as its own `passpost consume` process, stopped with SIGTERM on exit."""
@@ -99,7 +93,7 @@ def consumers_for(settings: Settings) -> Iterator[list[str]]:
     described: list[str] = []
     try:
         for name in DEV_CONSUMERS:
-            port = _free_port()
+            port = free_port()
             processes.append(subprocess.Popen(
                 [sys.executable, "-m", "passpost", "consume", name], env={**env, "PASSPOST_CONSUMER_PORT": str(port)},
             ))

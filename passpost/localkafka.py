@@ -52,6 +52,7 @@ from types import TracebackType
 from typing import NamedTuple
 
 from passpost.errors import PasspostError
+from passpost.ports import free_port
 
 KAFKA_VERSION = "4.1.1"
 # Kafka's poms depend on slf4j-api 1.7 and log4j-core but ship no binding between them
@@ -191,12 +192,6 @@ def _java() -> str:
     if java_home and (Path(java_home) / "bin" / "java").is_file():
         return str(Path(java_home) / "bin" / "java")
     return _require_executable("java", "Java 17+ is needed to run the Kafka broker")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _kafka_uuid() -> str:
@@ -589,14 +584,14 @@ class LocalKafka:
         deadline = time.monotonic() + timeout
         java = _java()
         libs = ensure_kafka_jars(self._cache_dir)
-        self._port = self._port or _free_port()
+        self._port = self._port or free_port()
         while self._controller_port in (None, self._port):
-            self._controller_port = _free_port()
+            self._controller_port = free_port()
         taken = {self._port, self._controller_port}
         for name in self.listeners:
             port = self._listener_ports.get(name)
             while port is None or port in taken:
-                port = _free_port()
+                port = free_port()
             self._listener_ports[name] = port
             taken.add(port)
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,11 +14,9 @@ from pathlib import Path
 
 import httpx
 
+from passpost.ports import free_port
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+__all__ = ["LiveIngress", "free_port", "live_ingress", "wait_until_ready"]
 
 
 def wait_until_ready(url: str, process: subprocess.Popen[bytes], log: Path, what: str,
