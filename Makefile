@@ -4,12 +4,14 @@
 #                 system packages they need when run as root, see .ci/install-deps)
 # and, once set up:
 #   make report - what the analytics store holds (also while `make dev` runs)
+#   make check  - ruff, mypy --strict and the tests that need no server (under 30 s)
+#   make lint   - ruff and mypy --strict alone (.ci/run runs it before make test)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test report bench kafka-jars system-deps clean
+.PHONY: dev test check lint report bench kafka-jars system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,11 +32,19 @@ system-deps:
 test: system-deps $(STAMP) kafka-jars
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+lint: $(STAMP)
+	$(BIN)/python -m ruff check .
+	$(BIN)/python .ci/typecheck
+
+# Tests that use a server fixture are marked `server` by tests/conftest.py.
+check: lint
+	$(BIN)/python -m pytest -q -m "not server and not kafka and not container" $(PYTEST_ARGS)
+
 report: $(STAMP)
 	$(BIN)/passpost report
 
 bench: $(STAMP) kafka-jars
-	$(BIN)/python bench/ingest.py
+	$(BIN)/python -m bench.ingest
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

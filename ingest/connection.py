@@ -79,12 +79,16 @@ class _Refused(Exception):
 
 def _refusals(limits: ConnectionLimits) -> dict[str, Refusal]:
     return {
-        "uri_too_long": Refusal(414, "uri_too_long", f"The request line exceeds {limits.request_line_bytes} bytes."),
-        "headers_too_large": Refusal(431, "headers_too_large", f"The request headers exceed {limits.header_bytes} bytes."),
-        "too_many_headers": Refusal(431, "too_many_headers", f"The request has more than {limits.header_count} headers."),
+        "uri_too_long": Refusal(414, "uri_too_long",
+                                f"The request line exceeds {limits.request_line_bytes} bytes."),
+        "headers_too_large": Refusal(431, "headers_too_large",
+                                     f"The request headers exceed {limits.header_bytes} bytes."),
+        "too_many_headers": Refusal(431, "too_many_headers",
+                                    f"The request has more than {limits.header_count} headers."),
         "header_timeout": Refusal(408, "header_timeout",
                                   f"The request headers did not arrive within {limits.header_timeout:g} s."),
-        "body_timeout": Refusal(408, "body_timeout", f"The request body did not arrive within {limits.body_timeout:g} s."),
+        "body_timeout": Refusal(408, "body_timeout",
+                                f"The request body did not arrive within {limits.body_timeout:g} s."),
         "too_many_connections": Refusal(503, "too_many_connections",
                                         f"The server holds {limits.max_connections} connections; retry later."),
         "bad_request": Refusal(400, "bad_request", "The request is not valid HTTP/1.1."),
@@ -100,7 +104,7 @@ def _sweep(loop: asyncio.AbstractEventLoop, server_state: ServerState) -> None:
     now = loop.time()
     for connection in list(server_state.connections):
         deadline = getattr(connection, "_deadline", None)
-        if deadline is not None and deadline <= now:
+        if deadline is not None and deadline <= now and isinstance(connection, LimitedHttpProtocol):
             connection._timed_out()
     loop.call_later(SWEEP_SECONDS, _sweep, loop, server_state)
 

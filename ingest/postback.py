@@ -292,7 +292,7 @@ def _without_root_attributes(xml: bytes, match: re.Match[bytes] | None) -> bytes
 
 
 def _name(element: etree._Element) -> str:
-    tag = element.tag
+    tag: str = element.tag
     return tag.rsplit("}", 1)[1] if tag[0] == "{" else tag
 
 

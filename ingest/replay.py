@@ -52,7 +52,8 @@ class ReplayReport:
 def _header(record: ConsumerRecord, name: str) -> str:
     for key, value in record.headers or ():
         if key == name:
-            return value.decode("utf-8", "replace")
+            text: str = value.decode("utf-8", "replace")
+            return text
     return ""
 
 

@@ -141,7 +141,7 @@ def _valid_at(data: bytes | memoryview, at: int) -> int | None:
     if len(data) - at < HEADER.size:
         return None
     magic, length, crc = HEADER.unpack_from(data, at)
-    end = at + HEADER.size + length
+    end: int = at + HEADER.size + length
     if magic != MAGIC or length > MAX_PAYLOAD or end > len(data):
         return None
     if zlib.crc32(data[at + HEADER.size:end], zlib.crc32(_U32.pack(length))) != crc:

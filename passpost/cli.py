@@ -103,7 +103,8 @@ def dlq() -> None:
 
 
 @dlq.command("replay")
-@click.option("--from-beginning", is_flag=True, help="Read every dead letter again, not only those after the last replay.")
+@click.option("--from-beginning", is_flag=True,
+              help="Read every dead letter again, not only those after the last replay.")
 @click.option("--dry-run", is_flag=True, help="Report what would become events without producing or committing.")
 def dlq_replay(from_beginning: bool, dry_run: bool) -> None:
     """Send dead letters through the ingress's parsing again, after a fix."""

@@ -43,7 +43,8 @@ def history() -> list[Version]:
 
 
 def current() -> dict[str, Any]:
-    return json.loads(resources.files(__package__).joinpath("pass_postback.avsc").read_text("utf-8"))
+    schema: dict[str, Any] = json.loads(resources.files(__package__).joinpath("pass_postback.avsc").read_text("utf-8"))
+    return schema
 
 
 def canonical(schema: Any) -> str:

@@ -80,3 +80,18 @@ def kafka_topics(kafka_bootstrap: str) -> Callable[..., list[str]]:
 # ---------------------------------------------------------------------------------------
 # end of Kafka fixtures
 # ---------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------
+# Markers: a test that uses a server fixture is marked `server` (whatever its module says),
+# so `make check` (-m "not server ...") runs exactly the tests that need none.
+# ---------------------------------------------------------------------------------------
+
+SERVER_FIXTURES = frozenset({"kafka_bootstrap", "local_kafka", "kafka_topics", "postgres_dsn", "own_postgres",
+                             "postgres_server", "alertmanager_url", "schema_registry", "passpost_image"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)

@@ -12,7 +12,8 @@ from pathlib import Path
 from urllib.parse import quote_plus
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from passpost.ingest.app import POSTBACK_PATH, create_app

@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the manifests (pip install pyyaml)")
+import yaml
 
 from passpost import settings as settings_module
 from passpost.kafka import RECORD_OVERHEAD_BYTES

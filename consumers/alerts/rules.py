@@ -269,7 +269,8 @@ def _with_text(where: str, rule: Rule, key: str, value: Any) -> Rule:
         value.format(status_code="N000", origin="ORIGIN")
     except (KeyError, IndexError, ValueError) as error:
         raise ValueError(f"{where}: `{key}` may use only {{status_code}} and {{origin}} ({error!r})") from None
-    return dataclasses.replace(rule, **{key: value})
+    changes: dict[str, Any] = {key: value}
+    return dataclasses.replace(rule, **changes)
 
 
 def _strings(where: str, key: str, value: Any) -> tuple[str, ...]:
@@ -284,7 +285,7 @@ def _enum(where: str, key: str, kind: type[enum.Enum], value: Any) -> Any:
     try:
         return kind(value.lower() if kind is Severity and isinstance(value, str) else value)
     except ValueError:
-        choices = ", ".join(member.value for member in kind)  # type: ignore[attr-defined]
+        choices = ", ".join(member.value for member in kind)
         raise ValueError(f"{where}: `{key}` {value!r} is not one of {choices}") from None
 
 

@@ -44,7 +44,8 @@ class StateStore:
             raise StateStoreError(f"{self.path}: not a passpost alerts state file ({error})") from None
         if not isinstance(document, dict) or document.get("version") != FORMAT_VERSION:
             raise StateStoreError(f"{self.path}: unknown alerts state format (expected version {FORMAT_VERSION})")
-        return document["state"]
+        state: dict[str, Any] = document["state"]
+        return state
 
     def check_writable(self) -> None:
         """Create the folder and a file in it now, so a read-only one fails at start, not at every batch."""

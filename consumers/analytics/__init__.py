@@ -106,12 +106,13 @@ class AnalyticsConsumer(Consumer):
                 rows[item.event.event_id] = self.row(item.event, item.topic, item.partition, item.offset)
         offsets = {(tp.topic, tp.partition): offset for tp, offset in batch.next_offsets.items()}
         store = self.store
+        retried: tuple[type[BaseException], ...] = (StoreUnavailable, *store.driver_errors)
         try:
             async with self._store_lock:
                 await asyncio.to_thread(store.write, list(rows.values()), offsets)
         except store.poison_errors as error:  # these rows will never go in: the runtime isolates them
             raise PoisonBatch(one_line(error)) from error
-        except (StoreUnavailable, *store.driver_errors) as error:  # the server, the connection, a lock
+        except retried as error:  # the server, the connection, a lock
             raise RetryLater(one_line(error)) from error
 
     def reference(self, value: str | None) -> str | None:

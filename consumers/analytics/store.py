@@ -89,9 +89,7 @@ class Summary:
             since=datetime.fromisoformat(raw["since"]), latest=moment(raw["latest"]))
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
+def _utc(value: datetime) -> datetime:
     # DuckDB's TIMESTAMP is naive UTC; PostgreSQL's TIMESTAMPTZ is aware.
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
@@ -162,20 +160,21 @@ class Store(abc.ABC):
     def summary(self, now: datetime) -> Summary:
         p = self.param
         since = self._since(now)
+        latest = self._execute("SELECT max(hour) FROM pass_postbacks_hourly")[0][0]
         return Summary(
             total=self.count(),
             by_outcome=[(str(o), int(n)) for o, n in self._execute(
                 "SELECT outcome, count(*) FROM pass_postbacks GROUP BY 1 ORDER BY 2 DESC")],
             by_status_code=[(str(s), str(o), int(n)) for s, o, n in self._execute(
                 "SELECT status_code, outcome, count(*) FROM pass_postbacks GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 20")],
-            last_24h=[(_utc(h), int(n), int(f)) for h, n, f in self._execute(  # type: ignore[misc]
+            last_24h=[(_utc(h), int(n), int(f)) for h, n, f in self._execute(
                 f"SELECT hour, sum(postbacks), sum(CASE WHEN outcome = 'FAILURE' THEN postbacks ELSE 0 END) "
                 f"FROM pass_postbacks_hourly WHERE hour >= {p} GROUP BY 1 ORDER BY 1", [since])],
             latest_failures=[(_utc(r), str(s), str(o), serial, custom) for r, s, o, serial, custom in self._execute(
                 "SELECT received_at, status_code, origin, serial_number, custom_pass_id FROM pass_postbacks "
-                "WHERE outcome = 'FAILURE' ORDER BY received_at DESC LIMIT 10")],  # type: ignore[misc]
-            since=_utc(since),  # type: ignore[arg-type]
-            latest=_utc(self._execute("SELECT max(hour) FROM pass_postbacks_hourly")[0][0]),
+                "WHERE outcome = 'FAILURE' ORDER BY received_at DESC LIMIT 10")],
+            since=_utc(since),
+            latest=None if latest is None else _utc(latest),
         )
 
     def _since(self, now: datetime) -> Any:

@@ -33,7 +33,7 @@ class Backoff:
     jitter: bool = False  # keeps several clients from retrying a recovering server in lockstep
 
     def delay(self, attempt: int) -> float:
-        base = min(self.cap, self.initial * 2 ** attempt)
+        base = min(self.cap, self.initial * 2.0 ** attempt)
         return base * random.uniform(0.8, 1.0) if self.jitter else base
 
 

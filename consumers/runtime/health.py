@@ -32,8 +32,9 @@ class ConsumerMetrics:
                          ["consumer", "topic", "partition"], registry=self.registry)
         self.retries = Counter("passpost_consumer_retries", "Batches retried after the sink refused them.", labels,
                                registry=self.registry).labels(consumer)
-        self._dead_letters = Counter("passpost_consumer_dead_letters", "Records sent to the consumer's dead-letter topic.",
-                                     ["consumer", "reason"], registry=self.registry)
+        self._dead_letters = Counter("passpost_consumer_dead_letters",
+                                     "Records sent to the consumer's dead-letter topic.", ["consumer", "reason"],
+                                     registry=self.registry)
         self._seconds_since_commit = Gauge(
             "passpost_consumer_seconds_since_commit",
             "Seconds since the consumer last committed a batch (since it started or was assigned, before its first).",

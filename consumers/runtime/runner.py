@@ -151,8 +151,8 @@ class Runner:
                 raise self._fatal
         finally:
             self._waiting = "stopping"
-            for signum in handled:
-                loop.remove_signal_handler(signum)
+            for handled_signal in handled:
+                loop.remove_signal_handler(handled_signal)
             # Leaving the group lets the others take the partitions at once, not after a timeout.
             with contextlib.suppress(Exception):
                 await self._kafka.stop()
