@@ -1,10 +1,10 @@
-"""The schema registry's errors, apart so that they load without a client."""
+"""The schema registry's errors, apart so that the CLI can catch them without importing a client."""
 
 from passpost.errors import PasspostError
 
 
 class RegistryUnavailable(PasspostError):
-    """The registry did not answer. ``str()`` is one line without credentials."""
+    """The registry did not answer (one line without credentials, exit status 1)."""
 
 
 class RegistryRefused(RegistryUnavailable):

@@ -96,7 +96,7 @@ def test_ingress_registers_the_schema_and_writes_confluent_framing_that_confluen
     consumer = DeserializingConsumer({
         "bootstrap.servers": kafka_bootstrap, "group.id": f"confluent-{topic}", "auto.offset.reset": "earliest",
         "key.deserializer": StringDeserializer("utf_8"),
-        "value.deserializer": AvroDeserializer(SchemaRegistryClient({"url": schema_registry})),
+        "value.deserializer": AvroDeserializer(SchemaRegistryClient({"url": schema_registry, "timeout": 10})),
     })
     try:
         consumer.subscribe([topic])
