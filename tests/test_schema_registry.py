@@ -294,6 +294,7 @@ def test_registry_gone_later_the_ingress_keeps_writing_with_its_cached_id(
     proxy = TcpProxy(urllib.parse.urlsplit(schema_registry).port or 0)
     env = registry_env(kafka_bootstrap, _through_proxy(schema_registry, proxy), topic)
     with live_ingress(env, tmp_path / "ingress.log") as ingress:
+        assert "passpost_schema_registry_up 1.0" in httpx.get(f"{ingress.url}/metrics", timeout=5).text
         proxy.cut()
         response = httpx.post(f"{ingress.url}/postbacks/passes", content=VENDOR_EXAMPLE,
                               headers={"Content-Type": "application/xml"}, timeout=10)
