@@ -47,9 +47,11 @@ class SpoolingPublisher:
         self.spool = spool
         self.metrics = metrics
         self._forwarder: asyncio.Task[None] | None = None
+        self._starting: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._retry = _RETRY_FIRST_SECONDS
         self._kafka_down_logged = False
+        self._suspect = False  # True while Kafka seems away: the forwarder then probes with one record
 
     @property
     def schema_id(self) -> int | None:
@@ -60,10 +62,17 @@ class SpoolingPublisher:
         reason not to serve: postbacks are spooled until it is back."""
         if self._forwarder is not None:
             return
-        try:
-            await self.publisher.start()
-        except KafkaUnavailable as error:
+        # Bounded by the produce deadline: a broker that accepts connections but does not
+        # answer (paused, overloaded) must not keep the ingress from listening.
+        self._starting = asyncio.get_running_loop().create_task(self.publisher.start())
+        await asyncio.wait({self._starting}, timeout=self._settings.produce_timeout_seconds)
+        if self._starting.done() and self._starting.exception() is not None:
+            error = self._starting.exception()
+            if not isinstance(error, KafkaUnavailable):
+                raise error  # e.g. the schema registry refusing: one line at start-up, as without a spool
             log.warning("Kafka is unreachable at start (%s); postbacks are spooled until it is back", error)
+        elif not self._starting.done():
+            log.warning("Kafka does not answer yet; postbacks are spooled until it does")
         self._forwarder = asyncio.get_running_loop().create_task(self._forward(), name="spool-forwarder")
 
     async def stop(self) -> None:
@@ -82,6 +91,10 @@ class SpoolingPublisher:
             if self.spool.held:
                 log.warning("stopping with %d records in the spool; they are forwarded at the next start",
                             self.spool.held)
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+            with contextlib.suppress(BaseException):
+                await self._starting
         await self.publisher.stop()
         self.spool.close()
 
@@ -95,7 +108,7 @@ class SpoolingPublisher:
                 await self.publisher.publish(topic, records, late=self.metrics.duplicates.inc)
                 return
             except KafkaUnavailable:
-                pass  # kept below instead of answered 503
+                self._suspect = True  # kept below instead of answered 503
         now = time.time()
         entries = [Entry(topic, key, value, list(headers or ()), now) for key, value, headers in records]
         try:
@@ -111,7 +124,10 @@ class SpoolingPublisher:
         while True:
             if self._stopping.is_set() and not self.spool.held:
                 return
-            batch = await self.spool.read(_BATCH_BYTES)
+            # While Kafka seems away, probe with the oldest record alone: whatever is sent
+            # during an outage may land when it ends *and* be sent again, and that should be
+            # one record that was in flight anyway, not a batch of later ones.
+            batch = await self.spool.read(1 if self._suspect else _BATCH_BYTES)
             if batch is None:
                 if self._stopping.is_set():
                     return
@@ -129,10 +145,13 @@ class SpoolingPublisher:
     async def _send(self, segment: Segment, items: list[tuple[int, int, Entry | Corrupt | Torn]]) -> bool:
         """Send the batch, run by run of one topic; False when Kafka did not take it."""
         if not self.publisher.running:
-            try:
-                await self.publisher.start()
-            except KafkaUnavailable as error:
-                self._note_down(str(error))
+            if self._starting is None or self._starting.done():
+                if self._starting is not None and self._starting.exception() is not None:
+                    self._note_down(str(self._starting.exception()))
+                self._starting = asyncio.get_running_loop().create_task(self.publisher.start())
+            await asyncio.wait({self._starting}, timeout=_RETRY_MAX_SECONDS)
+            if not self.publisher.running:
+                self._suspect = True
                 return False
         runs: list[list[tuple[int, int, Entry]]] = []
         for start, end, item in items:
@@ -153,6 +172,7 @@ class SpoolingPublisher:
                 await self._send_one_by_one(segment, run)
                 continue
             self.spool.confirmed(segment, run[-1][1], len(run))
+        self._suspect = False
         if self._kafka_down_logged:
             log.warning("Kafka is back; forwarding the spool (%d records left)", self.spool.held)
             self._kafka_down_logged = False
@@ -178,6 +198,7 @@ class SpoolingPublisher:
                 break
 
     def _note_down(self, reason: str) -> None:
+        self._suspect = True
         if not self._kafka_down_logged:
             log.warning("cannot forward the spool yet (%d records): %s", self.spool.held, reason)
             self._kafka_down_logged = True

@@ -134,6 +134,7 @@ class Spool:
         self._pending: list[_Pending] = []
         self._pending_bytes = 0
         self._disk_bytes = 0
+        self._refused = 0  # size of the last append refused as too big, until space is freed
         self._oldest: float | None = None
         self._writer: asyncio.Task[None] | None = None
         self._lock_fd: int | None = None
@@ -156,7 +157,8 @@ class Spool:
 
     @property
     def accepting(self) -> bool:
-        return self._disk_bytes + self._pending_bytes < self.max_bytes
+        """False from the first append refused as too big for what is left until space is freed."""
+        return self._disk_bytes + self._pending_bytes + self._refused < self.max_bytes
 
     def _oldest_age(self) -> float:
         return 0.0 if self._oldest is None or not self.holding else max(0.0, time.time() - self._oldest)
@@ -245,6 +247,7 @@ class Spool:
         data = b"".join(frame(encode_entry(entry)) for entry in entries)
         if self._disk_bytes + self._pending_bytes + len(data) > self.max_bytes:
             self.metrics.refusals.labels("full").inc()
+            self._refused = max(1, len(data))
             raise SpoolFull(f"the spool holds {self._disk_bytes + self._pending_bytes} of {self.max_bytes} bytes")
         started = time.perf_counter()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -342,6 +345,7 @@ class Spool:
 
     def _free_oldest(self) -> None:
         segment = self._segments.pop(0)
+        self._refused = 0
         self._cursor = 0
         self._disk_bytes -= segment.size
         try:
@@ -359,6 +363,7 @@ class Spool:
             return False
         self._held = 0
         self._oldest = None
+        self._refused = 0
         if self._active_fd is not None:
             os.close(self._active_fd)
             self._active_fd = None

@@ -629,6 +629,21 @@ class LocalKafka:
             self._note("killing the broker (SIGKILL)")
         self._process.kill()
 
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): connections stay open and nothing is answered, as
+        with a broker stuck in a long GC pause or on a partitioned network."""
+        popen = self._process.popen
+        if popen is not None and popen.poll() is None:
+            self._note("pausing the broker (SIGSTOP)")
+            os.kill(popen.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused broker run again (SIGCONT)."""
+        popen = self._process.popen
+        if popen is not None and popen.poll() is None:
+            self._note("resuming the broker (SIGCONT)")
+            os.kill(popen.pid, signal.SIGCONT)
+
     def restart(self, timeout: float = 60) -> LocalKafka:
         self.stop()
         return self.start(timeout)
