@@ -66,12 +66,13 @@ class SpoolingPublisher:
         # answer (paused, overloaded) must not keep the ingress from listening.
         self._starting = asyncio.get_running_loop().create_task(self.publisher.start())
         await asyncio.wait({self._starting}, timeout=self._settings.produce_timeout_seconds)
-        if self._starting.done() and self._starting.exception() is not None:
+        if self._starting.done():
             error = self._starting.exception()
-            if not isinstance(error, KafkaUnavailable):
+            if isinstance(error, KafkaUnavailable):
+                log.warning("Kafka is unreachable at start (%s); postbacks are spooled until it is back", error)
+            elif error is not None:
                 raise error  # e.g. the schema registry refusing: one line at start-up, as without a spool
-            log.warning("Kafka is unreachable at start (%s); postbacks are spooled until it is back", error)
-        elif not self._starting.done():
+        else:
             log.warning("Kafka does not answer yet; postbacks are spooled until it does")
         self._forwarder = asyncio.get_running_loop().create_task(self._forward(), name="spool-forwarder")
 

@@ -1023,9 +1023,12 @@ def test_compose_runs_passpost_like_kubernetes() -> None:
 
 def _exported_metric_names() -> set[str]:
     from passpost.ingest.metrics import IngestMetrics
+    from passpost.ingest.spool import SpoolMetrics
 
+    metrics = IngestMetrics()
+    SpoolMetrics(metrics.registry)  # registered beside the ingress's when PASSPOST_SPOOL_DIR is set
     names = set()
-    for family in IngestMetrics().registry.collect():
+    for family in metrics.registry.collect():
         if family.type == "counter":
             names.add(family.name + "_total")
         elif family.type == "histogram":

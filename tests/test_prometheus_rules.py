@@ -38,7 +38,7 @@ def test_rules_pass_promtool_check(tmp_path: Path) -> None:
     result = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60,
                             check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 3 rules found" in result.stdout, result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout, result.stdout
 
 
 POD = 'namespace="kafka",pod="passpost-alerts-7d9c",consumer="alerts"'
@@ -96,6 +96,68 @@ UNIT_TESTS = [
 ]
 
 
+INGRESS = 'namespace="kafka",pod="passpost-ingress-0"'
+INGRESS_LABELS = {"namespace": "kafka", "pod": "passpost-ingress-0"}
+SPOOL_ALERTS = ("PasspostSpoolGrowing", "PasspostSpoolAging", "PasspostSpoolFilling", "PasspostSpoolCorruptRecords")
+
+SPOOL_TESTS = [
+    # Kafka away: the spool grows by 1200 records a minute and ages -> growing, then aging;
+    # at 40 % of its capacity it is not yet filling.
+    {"interval": "1m",
+     "input_series": [
+         {"series": f"passpost_spool_events{{{INGRESS}}}", "values": "0 0+1200x40"},
+         {"series": f"passpost_spool_oldest_event_age_seconds{{{INGRESS}}}", "values": "0 0+60x40"},
+         {"series": f"passpost_spool_bytes{{{INGRESS}}}", "values": "0+10000000x40"},
+         {"series": f"passpost_spool_capacity_bytes{{{INGRESS}}}", "values": "1000000000x40"},
+         {"series": f"passpost_spool_corrupt_records_total{{{INGRESS},kind=\"checksum\"}}", "values": "0x40"},
+     ],
+     "alert_rule_test": [
+         {"eval_time": "8m", "alertname": "PasspostSpoolGrowing", "exp_alerts": []},
+         {"eval_time": "14m", "alertname": "PasspostSpoolGrowing",
+          "exp_alerts": [{"exp_labels": {**INGRESS_LABELS, "severity": "warning"}}]},
+         {"eval_time": "18m", "alertname": "PasspostSpoolAging", "exp_alerts": []},
+         {"eval_time": "22m", "alertname": "PasspostSpoolAging",
+          "exp_alerts": [{"exp_labels": {**INGRESS_LABELS, "severity": "warning"}}]},
+         {"eval_time": "40m", "alertname": "PasspostSpoolFilling", "exp_alerts": []},
+         {"eval_time": "40m", "alertname": "PasspostSpoolCorruptRecords", "exp_alerts": []},
+     ]},
+    # Past half its capacity -> filling (critical).
+    {"interval": "1m",
+     "input_series": [
+         {"series": f"passpost_spool_bytes{{{INGRESS}}}", "values": "600000000x20"},
+         {"series": f"passpost_spool_capacity_bytes{{{INGRESS}}}", "values": "1000000000x20"},
+     ],
+     "alert_rule_test": [
+         {"eval_time": "3m", "alertname": "PasspostSpoolFilling", "exp_alerts": []},
+         {"eval_time": "10m", "alertname": "PasspostSpoolFilling",
+          "exp_alerts": [{"exp_labels": {**INGRESS_LABELS, "severity": "critical"}}]},
+     ]},
+    # Draining after an outage: large, old, but shrinking and under half full -> only the age
+    # speaks while it is old; an empty spool is quiet.
+    {"interval": "1m",
+     "input_series": [
+         {"series": f"passpost_spool_events{{{INGRESS}}}", "values": "50000-2000x25 0x20"},
+         {"series": f"passpost_spool_oldest_event_age_seconds{{{INGRESS}}}", "values": "100x25 0x20"},
+         {"series": f"passpost_spool_bytes{{{INGRESS}}}", "values": "50000000-2000000x25 0x20"},
+         {"series": f"passpost_spool_capacity_bytes{{{INGRESS}}}", "values": "1000000000x45"},
+     ],
+     "alert_rule_test": [
+         {"eval_time": "20m", "alertname": name, "exp_alerts": []} for name in SPOOL_ALERTS
+     ] + [{"eval_time": "45m", "alertname": name, "exp_alerts": []} for name in SPOOL_ALERTS]},
+    # A corrupt record quarantined -> a warning for the hour after.
+    {"interval": "1m",
+     "input_series": [
+         {"series": f"passpost_spool_corrupt_records_total{{{INGRESS},kind=\"checksum\"}}", "values": "0 0 1x80"},
+     ],
+     "alert_rule_test": [
+         {"eval_time": "1m", "alertname": "PasspostSpoolCorruptRecords", "exp_alerts": []},
+         {"eval_time": "10m", "alertname": "PasspostSpoolCorruptRecords",
+          "exp_alerts": [{"exp_labels": {**INGRESS_LABELS, "severity": "warning"}}]},
+         {"eval_time": "80m", "alertname": "PasspostSpoolCorruptRecords", "exp_alerts": []},
+     ]},
+]
+
+
 def test_rules_fire_when_a_consumer_stalls_or_falls_behind_and_only_then(tmp_path: Path) -> None:
     # promtool compares annotations too; their templates are checked above, so the
     # behaviour is tested on the rules without them.
@@ -105,7 +167,7 @@ def test_rules_fire_when_a_consumer_stalls_or_falls_behind_and_only_then(tmp_pat
             rule.pop("annotations", None)
     (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": groups}))
     (tmp_path / "tests.yml").write_text(yaml.safe_dump({
-        "rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": UNIT_TESTS}))
+        "rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": UNIT_TESTS + SPOOL_TESTS}))
     result = subprocess.run([promtool(), "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
