@@ -12,7 +12,8 @@ The contract, which is all a consumer author needs to know:
   uncommitted. So ``write`` must be idempotent: a batch may be written more than once
   (de-duplicate on ``event_id``). A batch may be empty and carry only ``next_offsets``.
 - ``stopping`` is set when the runtime stops: a sink waiting to retry inside ``write``
-  gives up at once (``backoff.Retry`` does that).
+  gives up at once (``backoff.Retry`` does that). So an instance runs once: make a new
+  consumer for another ``Runner``.
 - ``validate(event)`` (optional) returns a reason to refuse an event; the runtime sends it
   to the consumer's dead-letter topic, confirmed, before ``write`` sees the rest.
 - Sinks that can store offsets with their rows (a database) set ``stores_offsets = True``,
