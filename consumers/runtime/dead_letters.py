@@ -16,6 +16,7 @@ from aiokafka.errors import KafkaError
 
 from passpost.kafka import KafkaUnavailable, client_options, create_topics, describe, start_client
 from passpost.settings import Settings
+from passpost.topic_metadata import describe_topics
 
 log = logging.getLogger("passpost.consumer")
 
@@ -34,11 +35,18 @@ class DeadLetters:
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(**client_options(self.settings), acks="all", enable_idempotence=True)
         await start_client(self._producer, self.settings)
+        await self._ensure_topic()
+
+    async def _ensure_topic(self) -> None:
         try:
+            # Where ACLs forbid creating topics the platform creates it (deploy/k8s does): asking
+            # first keeps a refused creation from being reported for a topic that is there.
+            if self.topic in (await describe_topics(self.settings, [self.topic])).topics:
+                return
             await create_topics(self.settings, [self.topic])
         except (KafkaUnavailable, KafkaError) as error:
-            # Where ACLs forbid creating topics, the platform creates it (deploy/k8s does).
-            log.warning("consumer %s: could not create %s (%s)", self.name, self.topic, describe(error))
+            log.warning("consumer %s: %s does not exist and could not be created (%s); dead letters wait until it "
+                        "does", self.name, self.topic, describe(error))
 
     async def send(self, record: ConsumerRecord, error: str, detail: str) -> None:
         """One attempt; ``KafkaError`` when the broker did not acknowledge (the caller retries)."""
