@@ -1,4 +1,4 @@
-"""Run a rendered Deployment's pod with podman the way a kubelet would, for tests.
+"""Run a rendered Deployment's (or StatefulSet's) pod with podman the way a kubelet would, for tests.
 
 Why a translator rather than ``podman kube play``: kube play takes the manifests' word for
 some things and ignores others a kubelet enforces (``runAsNonRoot`` against the image's
@@ -20,7 +20,9 @@ What is mapped, per container:
 - volumes at their mount paths: ``emptyDir`` as a tmpfs of its ``sizeLimit`` mounted on
   the host for the pod's life (it outlives the container, as on a node, so a test can
   read it after the container stopped), ``persistentVolumeClaim`` as a podman volume
-  named after the claim, ``secret`` and ``configMap`` as read-only files with their
+  named after the claim, a StatefulSet's ``volumeClaimTemplates`` as the podman volume of
+  the claim the controller would make for replica 0 (``<template>-<statefulset>-0``, kept
+  after the pod, like a claim), ``secret`` and ``configMap`` as read-only files with their
   ``items`` and ``defaultMode``;
 - security: ``runAsUser``/``runAsGroup`` (container over pod), ``fsGroup`` as a
   supplementary group, ``runAsNonRoot`` checked against the effective uid (the kubelet
@@ -193,7 +195,7 @@ class Container:
 
 @dataclass
 class Pod:
-    """One replica of a Deployment, run with podman; ``start()`` returns once it is ready."""
+    """One replica of a Deployment or StatefulSet, run with podman; ``start()`` returns once it is ready."""
 
     cluster: Cluster
     workload: dict[str, Any]
@@ -208,6 +210,11 @@ class Pod:
     @property
     def name(self) -> str:
         return self.workload["metadata"]["name"]
+
+    @property
+    def hostname(self) -> str:
+        """A StatefulSet's pod is named (and hostnamed) after its ordinal."""
+        return f"{self.name}-0" if self.workload["kind"] == "StatefulSet" else self.name
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -291,6 +298,29 @@ class Pod:
                 self._volumes[name] = (str(path), True)
             else:
                 raise PodSpecError(f"{self.name}: volume {name} of kind {sorted(set(volume) - {'name'})} is not mapped")
+        for template in self.claim_templates():
+            name = template["metadata"]["name"]
+            if name in self._volumes:
+                raise PodSpecError(f"{self.name}: volumeClaimTemplate {name} shadows a pod volume")
+            claim = self.claim_name(name)
+            if podman("volume", "exists", claim, check=False).returncode != 0:
+                podman("volume", "create", claim)
+            self._volumes[name] = (claim, True)
+
+    def claim_templates(self) -> list[dict[str, Any]]:
+        """A StatefulSet's volumeClaimTemplates, checked: fields a podman volume cannot honour fail."""
+        templates: list[dict[str, Any]] = self.workload["spec"].get("volumeClaimTemplates", [])
+        for template in templates:
+            unknown = set(template.get("spec", {})) - {"accessModes", "resources", "storageClassName"}
+            if unknown or set(template) - {"metadata", "spec"}:
+                raise PodSpecError(f"{self.name}: volumeClaimTemplate fields {sorted(unknown)} are not mapped")
+            if template["spec"].get("accessModes") != ["ReadWriteOnce"]:
+                raise PodSpecError(f"{self.name}: only ReadWriteOnce claim templates are mapped (one replica)")
+        return templates
+
+    def claim_name(self, template: str) -> str:
+        """The claim the StatefulSet controller makes for replica 0."""
+        return f"{template}-{self.name}-0"
 
     def _security(self, container: dict[str, Any]) -> list[str]:
         pod = self.spec.get("securityContext", {})
@@ -338,7 +368,7 @@ class Pod:
         unknown = set(container) - _CONTAINER_FIELDS
         if unknown:
             raise PodSpecError(f"{self.name}/{container['name']}: fields {sorted(unknown)} are not mapped")
-        args = ["run", "--detach", "--name", name, "--hostname", self.name, "--network", "host", "--pull", "never"]
+        args = ["run", "--detach", "--name", name, "--hostname", self.hostname, "--network", "host", "--pull", "never"]
         args += self._security(container)
         env = {**self._env(container), **self.env_overrides.get(container["name"], {})}
         for key, value in env.items():

@@ -450,8 +450,14 @@ def test_probes_point_at_the_health_endpoints(resources: list[dict[str, Any]]) -
         assert [p["containerPort"] for p in container["ports"]] == [port], where
 
 
+def ingress_workload(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ingress: a Deployment, or in production a StatefulSet (its spool's volume)."""
+    (ingress,) = [w for w in workloads(resources) if w["metadata"]["name"] == "passpost-ingress"]
+    return ingress
+
+
 def test_ingress_shutdown_fits_in_the_grace_period(resources: list[dict[str, Any]]) -> None:
-    ingress = named(resources, "Deployment", "passpost-ingress")
+    ingress = ingress_workload(resources)
     spec = pod_spec(ingress)
     container = spec["containers"][0]
     env = container_env(resources, container)
@@ -459,11 +465,43 @@ def test_ingress_shutdown_fits_in_the_grace_period(resources: list[dict[str, Any
     assert 1 <= pause <= 15
     drain = float(env.get("PASSPOST_SHUTDOWN_TIMEOUT_SECONDS", 20))
     flush = float(env.get("PASSPOST_PRODUCE_TIMEOUT_SECONDS", 5))
-    # preStop, then in-flight requests, then the producer's flush, with room to spare.
-    assert spec["terminationGracePeriodSeconds"] >= pause + drain + flush + 5
+    # With a spool, the forwarder sends what it can before the producer flushes.
+    forward = float(env.get("PASSPOST_SPOOL_DRAIN_SECONDS", 10)) if "PASSPOST_SPOOL_DIR" in env else 0.0
+    # preStop, then in-flight requests, then the spool and the producer's flush, with room to spare.
+    assert spec["terminationGracePeriodSeconds"] >= pause + drain + forward + flush + 5
     assert env["PASSPOST_PORT"] == str(INGRESS_PORT)
-    strategy = ingress["spec"]["strategy"]["rollingUpdate"]
-    assert strategy["maxUnavailable"] == 0
+    if ingress["kind"] == "Deployment":
+        strategy = ingress["spec"]["strategy"]["rollingUpdate"]
+        assert strategy["maxUnavailable"] == 0
+    else:  # a pod's successor mounts the same volume: one at a time, the rest serve meanwhile
+        assert ingress["spec"]["updateStrategy"] == {"type": "RollingUpdate"}
+
+
+def test_production_ingress_spools_to_a_volume_of_its_own(production: list[dict[str, Any]]) -> None:
+    ingress = ingress_workload(production)
+    assert ingress["kind"] == "StatefulSet"
+    spec = ingress["spec"]
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert named(production, "Service", spec["serviceName"])
+    # Records a pod could not forward stay on its claim until that ordinal runs again.
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    container = pod_spec(ingress)["containers"][0]
+    env = container_env(production, container)
+    spool = Path(env["PASSPOST_SPOOL_DIR"])
+    (mount,) = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == spool or Path(m["mountPath"]) in spool.parents]
+    assert not mount.get("readOnly")
+    assert mount["name"] not in {v["name"] for v in pod_spec(ingress).get("volumes", [])}, "a claim per pod, not shared"
+    (claim,) = [t for t in spec["volumeClaimTemplates"] if t["metadata"]["name"] == mount["name"]]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    from tests.kubelet import quantity_bytes
+
+    assert quantity_bytes(claim["spec"]["resources"]["requests"]["storage"]) >= 1.5 * int(
+        env.get("PASSPOST_SPOOL_MAX_BYTES", 1024**3))
+    # The HPA follows the StatefulSet up, never down by itself (deploy/README.md, "Scaling down").
+    (hpa,) = [h for h in of_kind(production, "HorizontalPodAutoscaler")
+              if h["spec"]["scaleTargetRef"]["name"] == "passpost-ingress"]
+    assert hpa["spec"]["scaleTargetRef"]["kind"] == "StatefulSet"
+    assert hpa["spec"]["behavior"]["scaleDown"]["selectPolicy"] == "Disabled"
 
 
 def test_consumers_use_the_apps_group_ids(resources: list[dict[str, Any]]) -> None:

@@ -61,7 +61,8 @@ def render(overlay: str) -> list[dict[str, Any]]:
 
 
 def deployments(resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {r["metadata"]["name"]: r for r in resources if r["kind"] == "Deployment"}
+    """The workloads that run pods: Deployments, and StatefulSets (production's ingress)."""
+    return {r["metadata"]["name"]: r for r in resources if r["kind"] in ("Deployment", "StatefulSet")}
 
 
 def create_kafka_topics(bootstrap: str, resources: list[dict[str, Any]], **security: Any) -> list[str]:
@@ -435,7 +436,8 @@ def test_production_overlay_runs_with_scram_postgres_and_alertmanager(
     kafka = {"PASSPOST_KAFKA_BOOTSTRAP_SERVERS": secured_kafka.bootstrap_servers_for("SASL_SSL")}
     origin = f"TEST_{uuid.uuid4().hex[:8]}"
     out_of_credits = OUT_OF_CREDITS.replace("<ORIGIN>GENERATE_PASS</ORIGIN>", f"<ORIGIN>{origin}</ORIGIN>")
-    podman("volume", "rm", "--force", "passpost-alerts-state")
+    claims = ["passpost-alerts-state", "spool-passpost-ingress-0"]
+    podman("volume", "rm", "--force", *claims)
     try:
         with running(cluster, passpost_image, tmp_path) as run:
             alerts = run.start("passpost-alerts", {**kafka, "PASSPOST_ALERTMANAGER_URL": alertmanager_url})
@@ -457,6 +459,11 @@ def test_production_overlay_runs_with_scram_postgres_and_alertmanager(
                         return []
 
             wait_for(lambda: len(stored()) >= 2, 60, "both events in PostgreSQL")
+            # The ingress runs with its spool on the StatefulSet's claim; Kafka took
+            # everything, so it holds nothing.
+            spool = httpx.get(url.replace("/postbacks/passes", "/metrics"), timeout=5).text
+            assert metric(spool, "passpost_spool_capacity_bytes") == 1024**3
+            assert metric(spool, "passpost_spool_events") == 0
             assert stored() == [("N801", "GENERATE_PASS"), ("N811", origin)]
             # A record no consumer can decode: each writes it to its own dead-letter topic,
             # which its ACLs allow (Write), as the broker's acknowledgement tells.
@@ -476,10 +483,15 @@ def test_production_overlay_runs_with_scram_postgres_and_alertmanager(
             (alert,) = active_alerts(alertmanager_url, origin=origin)
             assert alert["labels"]["alertname"] == "PasspostOutOfCredits"
             assert alerts.containers[0].running()
+            # The dead-letter topics exist (the platform made them), so no consumer warns that it
+            # could not create its own, though its ACLs forbid creating topics.
+            for pod in run.pods.values():
+                for container in pod.containers:
+                    assert "could not be created" not in container.logs(), container.logs()[-3000:]
             check_graceful(run.stop_all_gracefully())
         # The claim outlives the pod: the state is there for the next one.
         mountpoint = podman("volume", "inspect", "--format", "{{.Mountpoint}}", "passpost-alerts-state").stdout.strip()
         state = json.loads((Path(mountpoint) / "alerts-state.json").read_text())
         assert any(group["labels"].get("origin") == origin for group in state["state"]["grouper"]["groups"]), state
     finally:
-        podman("volume", "rm", "--force", "passpost-alerts-state", check=False)
+        podman("volume", "rm", "--force", *claims, check=False)
