@@ -286,6 +286,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("alert_delivery_deadline_seconds", _seconds, 30.0,
             "How long a sink retries (backoff from 0.2 s doubling to 5 s) before the batch fails and is retried "
             "whole."),
+    Setting("alert_first_start_lookback_seconds", _seconds, 3600.0,
+            "On its first start (no state file, nothing committed) the alerts consumer reads events from this far "
+            "back, not the topic's whole retention."),
     Setting("alert_state_file", _string, "data/alerts-state.json",
             "The alerts consumer's local store: open alerts and the offsets they cover (keep it on a volume)."),
     Setting("log_format", _choice("text", "json"), "text", "`text` for people, `json` for one JSON object per line."),
@@ -351,6 +354,7 @@ class Settings:
     alert_repeat_seconds: float
     alert_resolve_after_seconds: float
     alert_delivery_deadline_seconds: float
+    alert_first_start_lookback_seconds: float
     alert_state_file: str
     log_format: str
     log_level: str

@@ -184,3 +184,33 @@ def test_a_state_folder_it_cannot_write_is_one_line_naming_the_setting(kafka_boo
     assert result.returncode == 1, result.stderr
     [line] = result.stderr.splitlines()
     assert line.startswith("passpost: error: PASSPOST_ALERT_STATE_FILE: cannot write in /sys ("), line
+
+
+def test_a_first_start_alerts_on_the_last_hour_not_on_the_topics_whole_retention(kafka_bootstrap: str,
+                                                                                 tmp_path: Path) -> None:
+    from aiokafka import AIOKafkaProducer
+    from prometheus_client import generate_latest
+
+    from passpost.kafka import client_options
+    from passpost.schemas.codec import encode
+
+    settings = testing.settings_for(kafka_bootstrap, alert_state_file=str(tmp_path / "state.json"))
+    old = testing.event(status_code="N811", outcome="FAILURE", serial_number="S-last-week")
+
+    async def produce_old() -> None:
+        producer = AIOKafkaProducer(**client_options(settings), acks="all")
+        await producer.start()
+        try:
+            two_hours_ago = int((time.time() - 7200) * 1000)
+            await producer.send_and_wait(settings.events_topic, encode(old), key=old.kafka_key(),
+                                         timestamp_ms=two_hours_ago)
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce_old())
+    testing.produce(settings, [testing.event(status_code="N803", outcome="FAILURE", serial_number="S-now")])
+    result = testing.consume(AlertsConsumer(settings), settings)
+    exposition = generate_latest(result.runner.metrics.registry).decode()
+    assert 'passpost_consumer_events_total{consumer="alerts"} 1.0' in exposition, "only the recent event is read"
+    # Both codes are critical: one alert fired means the two-hour-old N811 was never seen.
+    assert 'passpost_alerts_fired_total{severity="critical"} 1.0' in exposition

@@ -76,6 +76,10 @@ class AlertsConsumer(Consumer):
         self.alerter = Alerter(grouper, build_sinks(settings, self.stopping), store=self.state)
         self._ticker: asyncio.Task[None] | None = None
 
+    def first_read_since(self) -> float | None:
+        # A first deployment would otherwise alert on every failure the topic retains (days).
+        return self.settings.alert_first_start_lookback_seconds
+
     def register_metrics(self, registry: CollectorRegistry) -> None:
         """Put the alert metrics on the runtime's ``/metrics`` (the runtime calls it before ``start()``)."""
         self.alerter.metrics = AlertMetrics(registry)

@@ -83,6 +83,13 @@ class Consumer(abc.ABC):
         self.settings = settings
         self.stopping = asyncio.Event()
 
+    def first_read_since(self) -> float | None:
+        """Where a partition this consumer has never read (no stored or committed offset) starts:
+        ``None`` for its beginning (a projection wants the whole history), or a number of seconds
+        back from now (records older than that are skipped: a notifier's first start should not
+        report last week)."""
+        return None
+
     def register_metrics(self, registry: CollectorRegistry) -> None:
         """Put the consumer's own metrics on the runtime's ``/metrics``. Called before ``start``."""
 

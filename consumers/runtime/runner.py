@@ -488,8 +488,22 @@ class Runner:
                 if committed is not None:
                     known[tp] = committed
         fresh = [tp for tp in assigned if tp not in known]
-        beginning = await self._kafka.beginning_offsets(fresh) if fresh else {}
-        return {**beginning, **known}
+        return {**await self._first_offsets(fresh), **known}
+
+    async def _first_offsets(self, fresh: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Where partitions never read before start (``Consumer.first_read_since``)."""
+        assert self._kafka is not None
+        if not fresh:
+            return {}
+        since = self.consumer.first_read_since()
+        if since is None:
+            return dict(await self._kafka.beginning_offsets(fresh))
+        moment_ms = int((time.time() - since) * 1000)
+        found = await self._kafka.offsets_for_times({tp: moment_ms for tp in fresh})
+        ends = await self._kafka.end_offsets(fresh)
+        log.info("consumer %s: first read of %s from %g s back", self.name,
+                 ", ".join(str(tp.partition) for tp in fresh), since)
+        return {tp: found[tp].offset if found.get(tp) is not None else ends[tp] for tp in fresh}
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
