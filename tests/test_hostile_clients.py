@@ -287,16 +287,22 @@ def test_a_huge_pending_header_is_not_buffered(server: Server) -> None:
 # -- 5. slow clients -------------------------------------------------------------------------
 
 
-def test_headers_sent_at_a_crawl_are_cut_off_with_408(server: Server) -> None:
+def crawl(server: Server, start: bytes, then: bytes, every: float) -> tuple[bytes, float]:
+    """Send ``start``, then ``then`` every ``every`` seconds until the server closes the
+    connection (it must, within 15 s); return its answer and how long it took."""
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         started = time.monotonic()
-        sock.sendall(b"POST /postbacks/passes HTTP/1.1\r\n")
+        sock.sendall(start)
         with pytest.raises(OSError):
-            for _ in range(20):
-                time.sleep(0.3)
-                sock.sendall(b"X-Slow: 1\r\n")
+            for _ in range(int(15 / every)):
+                time.sleep(every)
+                sock.sendall(then)
         response, _ = read_until_closed(sock, 5)
-        elapsed = time.monotonic() - started
+        return response, time.monotonic() - started
+
+
+def test_headers_sent_at_a_crawl_are_cut_off_with_408(server: Server) -> None:
+    response, elapsed = crawl(server, b"POST /postbacks/passes HTTP/1.1\r\n", b"X-Slow: 1\r\n", 0.3)
     assert status_of(response) == 408 and error_of(response) == "header_timeout"
     assert HEADER_TIMEOUT <= elapsed < HEADER_TIMEOUT + 2
 
@@ -326,16 +332,8 @@ def test_many_slow_connections_are_all_closed(server: Server) -> None:
     (b"Content-Length: 500", b"<POSTBACK>"),  # 1 byte/s, never complete in time
 ], ids=["lying-chunk", "slow-body"])
 def test_a_body_that_does_not_arrive_in_time_is_408(server: Server, head: bytes, first_part: bytes) -> None:
-    with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        started = time.monotonic()
-        sock.sendall(b"POST /postbacks/passes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() +
-                     b"\r\n" + head + b"\r\n\r\n" + first_part)
-        with pytest.raises(OSError):
-            for _ in range(30):
-                time.sleep(0.5)
-                sock.sendall(b"x")
-        response, _ = read_until_closed(sock, 5)
-        elapsed = time.monotonic() - started
+    response, elapsed = crawl(server, b"POST /postbacks/passes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                              TOKEN.encode() + b"\r\n" + head + b"\r\n\r\n" + first_part, b"x", 0.5)
     assert status_of(response) == 408 and error_of(response) == "body_timeout"
     assert BODY_TIMEOUT <= elapsed < BODY_TIMEOUT + 2
 
