@@ -22,7 +22,9 @@ What one run does (see BENCHMARKS.md for the figures measured so far):
 6. reads the ingress's peak resident memory (VmHWM) and stops it;
 7. runs ``bench/bare_app.py`` (a Starlette endpoint that only answers 200) under the
    same uvicorn settings and drives it identically;
-8. prints requests/s, p50 and p99 of both, the ratio, and whether the targets are met.
+8. prints requests/s, p50 and p99 of both, the ratio, and whether the targets are met;
+9. unless ``--no-spool``, runs the spool's spooling (broker paused) and draining runs and
+   sets their requests/s against the normal path's (``bench/ingest_spool.py``).
 
 Exit status: 0 when every check passed (the targets are reported, not enforced, unless
 ``--strict``), 1 when a check failed (a non-200 answer, an unacknowledged 200, a bad
@@ -116,6 +118,7 @@ class Report:
     bundle_times: list[float] = field(default_factory=list)
     bundle_ok: int = 0
     failures: list[str] = field(default_factory=list)
+    spool: Any = None  # bench.ingest_spool.SpoolReport, with --spool
 
 
 # --------------------------------------------------------------------------- helpers
@@ -335,10 +338,18 @@ def settle(port: int, quiet_seconds: float = 1.0, timeout: float = 15.0) -> int:
 
 @contextlib.contextmanager
 def kafka_broker() -> Iterator[str]:
+    with kafka_process() as (bootstrap, _):
+        yield bootstrap
+
+
+@contextlib.contextmanager
+def kafka_process() -> Iterator[tuple[str, Any]]:
+    """The broker's address, and the LocalKafka it runs as (None for a configured one: it
+    cannot be paused, so the spool runs are left out)."""
     configured = os.environ.get("PASSPOST_KAFKA_BOOTSTRAP_SERVERS")
     if configured:
         log(f"using the Kafka at {configured} (PASSPOST_KAFKA_BOOTSTRAP_SERVERS)")
-        yield configured
+        yield configured, None
         return
     from passpost.localkafka import LocalKafka, LocalKafkaError
 
@@ -351,7 +362,7 @@ def kafka_broker() -> Iterator[str]:
         raise BenchError(f"could not start a local Kafka: {str(error).splitlines()[0]}") from None
     try:
         log(f"local Kafka at {kafka.bootstrap_servers}")
-        yield kafka.bootstrap_servers
+        yield kafka.bootstrap_servers, kafka
     finally:
         kafka.close()
 
@@ -438,7 +449,7 @@ def run(options: argparse.Namespace) -> Report:
     wrk_arguments = [str(options.body), token]
     log(f"server logs in {logdir}")
 
-    with kafka_broker() as bootstrap:
+    with kafka_process() as (bootstrap, kafka):
         env = passpost_env(bootstrap, events_topic, dead_letter_topic, token)
         partitions = create_topics(env)
         before = topic_records(bootstrap, events_topic, partitions)
@@ -505,6 +516,15 @@ def run(options: argparse.Namespace) -> Report:
         finally:
             bare.stop()
 
+        # ---- the spool (issue 11): spooling with the broker paused, then draining
+        if options.spool and kafka is None:
+            log("spool runs left out: a configured Kafka cannot be paused")
+        elif options.spool:
+            from bench.ingest_spool import run_spool
+
+            report.spool = run_spool(wrk, options, kafka, env, logdir, token, script, wrk_arguments)
+            report.failures += [f"spool: {failure}" for failure in report.spool.failures]
+
     check(report)
     return report
 
@@ -558,6 +578,10 @@ def print_report(report: Report, options: argparse.Namespace) -> bool:
     print(f"ingress peak RSS (VmHWM): {report.ingress_rss_mib:.1f} MiB "
           f"(after the wrk run: {report.ingress_rss_after_wrk_mib:.1f} MiB); "
           f"bare endpoint: {report.bare_rss_mib:.1f} MiB")
+    if report.spool is not None:
+        from bench.ingest_spool import print_spool
+
+        print_spool(report.spool, ingress)
     times = sorted(report.bundle_times)
     if times:
         print(f"bundle of {options.bundle_items} items x {len(times)} posts: "
@@ -610,6 +634,8 @@ def main(argv: list[str] | None = None) -> int:
                              "which takes the ingress's XML recovery path)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="run the ingress under py-spy record and write its samples to DIR")
+    parser.add_argument("--no-spool", dest="spool", action="store_false",
+                        help="leave out the spool's runs (PASSPOST_SPOOL_DIR: broker paused, then draining)")
 
     def report_and_profile(report: Report, options: argparse.Namespace) -> bool:
         all_met = print_report(report, options)
