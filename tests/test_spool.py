@@ -227,9 +227,13 @@ def test_a_killed_ingress_loses_nothing_while_spooling_or_forwarding(local_kafka
             process.send_signal(signal.SIGKILL)  # while forwarding
             process.wait(10)
     left = list(spool.glob("*.seg"))
-    with live_ingress(env, tmp_path / "ingress-3.log") as ingress:
-        wait_for(lambda: metric(ingress.url, "passpost_spool_events") == 0, 60, "the spool to drain")
     assert left, "the ingress was killed before it had forwarded everything"
+    # Restarted, then told to stop at once: on SIGTERM the forwarder drains the rest
+    # (within PASSPOST_SPOOL_DRAIN_SECONDS) before the process exits.
+    with live_ingress({**env, "PASSPOST_SPOOL_DRAIN_SECONDS": "60"}, tmp_path / "ingress-3.log") as ingress:
+        ingress.process.send_signal(signal.SIGTERM)
+        assert ingress.process.wait(90) == 0, ingress.log.read_text()
+    assert not list(spool.glob("*.seg")), "drained on SIGTERM"
 
     accepted = {event_id for a in answers for event_id in a.event_ids}
     assert len(accepted) == 5 + 64 * 300
@@ -301,6 +305,13 @@ def test_a_full_spool_answers_503_and_readyz_says_so(tmp_path: Path) -> None:
             assert client.post("/postbacks/passes", content=b"x" * 70000).status_code == 503
         assert httpx.get(f"{ingress.url}/readyz", timeout=5).status_code == 503
         assert metric(ingress.url, 'passpost_spool_refusals_total{reason="full"}') == 2
+        # SIGTERM with no Kafka to forward to: out within the drain time, the records kept.
+        stopping = time.monotonic()
+        ingress.process.send_signal(signal.SIGTERM)
+        assert ingress.process.wait(30) == 0
+        assert time.monotonic() - stopping < 3 + DEADLINE + 5
+    assert list((tmp_path / "spool").glob("*.seg"))
+    assert re.search(r"stopping with \d+ records in the spool", (tmp_path / "ingress.log").read_text())
 
 
 def test_a_spool_dir_that_cannot_be_used_is_one_line(tmp_path: Path) -> None:
