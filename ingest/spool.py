@@ -194,7 +194,10 @@ class Spool:
             self._recover(Segment(sequence, os.path.join(self.directory, name), 0), start)
         if self._segments and self._segments[0].sequence == cursor_sequence:
             self._cursor = min(cursor, self._segments[0].size)
-        self._next_sequence = (segment_sequence(names[-1]) or 0) + 1 if names else 0
+        # Past every name used so far, the cursor's included: a segment numbered below a
+        # stale cursor would be taken for one already forwarded at the next start.
+        used = [segment_sequence(name) or 0 for name in names[-1:]] + [cursor_sequence or 0]
+        self._next_sequence = max(used) + 1 if names or cursor_sequence is not None else 0
         if self._held:
             log.warning("the spool holds %d records from an earlier run; forwarding them to Kafka", self._held)
 

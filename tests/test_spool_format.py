@@ -189,3 +189,22 @@ def test_a_spool_directory_in_use_or_not_writable_is_one_line(tmp_path: Path) ->
         locked.mkdir(mode=0o500)
         with pytest.raises(SpoolDirError, match="^PASSPOST_SPOOL_DIR: "):
             spool(locked / "spool")
+
+
+def test_a_stale_cursor_never_hides_later_segments(tmp_path: Path) -> None:
+    """A crash after the last segment was freed but before the cursor file went: the next
+    segments must be numbered past it, or the start after would drop them as forwarded."""
+    async def run() -> None:
+        opened, _ = spool(tmp_path)
+        await opened.append([entry(1)])
+        opened.close()
+        (tmp_path / "cursor").write_text("7 0\n")
+        for segment in tmp_path.glob("*.seg"):
+            segment.unlink()
+        reopened, _ = spool(tmp_path)
+        await reopened.append([entry(2)])
+        reopened.close()
+        again, _ = spool(tmp_path)
+        assert await _forward_all(again) == [entry(2)]
+
+    asyncio.run(run())
