@@ -185,7 +185,7 @@ def test_a_paused_broker_is_ridden_out_in_order(local_kafka: LocalKafka, tmp_pat
     slowest = max(a.answered - a.sent for a in answers)
     assert slowest < 10, f"an answer took {slowest:.1f} s"
     during = [a for a in answers if paused_at + DEADLINE + 1 < a.sent < resumed_at - 1]
-    assert len(during) > 150 and all(a.answered - a.sent < 1 for a in during), "answered from the spool"
+    assert len(during) > 100 and all(a.answered - a.sent < 1 for a in during), "answered from the spool"
     assert spooled >= len(during) and forwarded == spooled
 
     accepted = {event_id for a in answers for event_id in a.event_ids}
