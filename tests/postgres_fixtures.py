@@ -143,3 +143,14 @@ def wait_for(condition, timeout: float = 60.0, interval: float = 0.1, message: s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s: {message}")
         time.sleep(interval)
+
+
+def rows(dsn: str, query: str) -> list[tuple[object, ...]]:
+    """``query``'s rows, or none while the table does not exist yet (a consumer creates it at start)."""
+    import psycopg
+
+    with psycopg.connect(dsn) as connection:
+        try:
+            return connection.execute(query).fetchall()
+        except psycopg.errors.UndefinedTable:
+            return []

@@ -102,7 +102,7 @@ def compose_kafka(tmp_path: Path) -> Iterator[LocalKafka]:
 
 def test_compose_runs_end_to_end_with_podman(passpost_image: str, compose_kafka: LocalKafka, postgres_dsn: str,
                                              tmp_path: Path) -> None:
-    import psycopg
+    from tests.postgres_fixtures import rows
 
     tool = podman_compose()
     document, ports = for_this_machine(compose_kafka.bootstrap_servers, postgres_dsn)
@@ -152,13 +152,8 @@ def test_compose_runs_end_to_end_with_podman(passpost_image: str, compose_kafka:
             response = httpx.post(url, params={"token": token}, content=body, timeout=10)
             assert response.status_code == 200, response.text
 
-        def stored() -> list[tuple[str, str]]:
-            with psycopg.connect(postgres_dsn) as connection:
-                try:
-                    return connection.execute(
-                        "SELECT status_code, serial_number FROM pass_postbacks ORDER BY status_code").fetchall()
-                except psycopg.errors.UndefinedTable:
-                    return []
+        def stored() -> list[tuple[object, ...]]:
+            return rows(postgres_dsn, "SELECT status_code, serial_number FROM pass_postbacks ORDER BY status_code")
 
         wait_for(lambda: len(stored()) >= 2, 60, "both events in PostgreSQL")
         assert stored() == [("N801", "5294CE37878AE-112613-113711"), ("N811", "5294CE37878AE-112613-113712")]

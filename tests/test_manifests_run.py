@@ -409,9 +409,8 @@ def test_production_overlay_runs_with_scram_postgres_and_alertmanager(
         tmp_path: Path) -> None:
     import uuid
 
-    import psycopg
-
     from tests.alertmanager_fixtures import active_alerts
+    from tests.postgres_fixtures import rows
 
     resources = render("production")
     tag_image(passpost_image, resources)
@@ -450,13 +449,8 @@ def test_production_overlay_runs_with_scram_postgres_and_alertmanager(
                 response = httpx.post(url, params={"token": token}, content=body, timeout=10)
                 assert response.status_code == 200, response.text
 
-            def stored() -> list[tuple[str, str]]:
-                with psycopg.connect(postgres_dsn) as connection:
-                    try:
-                        return connection.execute(
-                            "SELECT status_code, origin FROM pass_postbacks ORDER BY status_code").fetchall()
-                    except psycopg.errors.UndefinedTable:
-                        return []
+            def stored() -> list[tuple[object, ...]]:
+                return rows(postgres_dsn, "SELECT status_code, origin FROM pass_postbacks ORDER BY status_code")
 
             wait_for(lambda: len(stored()) >= 2, 60, "both events in PostgreSQL")
             # The ingress runs with its spool on the StatefulSet's claim; Kafka took
