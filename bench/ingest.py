@@ -76,6 +76,7 @@ TARGET_RATIO = 0.5
 TARGET_P99_MS = 20.0
 TARGET_RSS_MIB = 150.0
 TARGET_BUNDLE_S = 1.0
+TARGET_WORKERS_SCALING = 1.5  # two workers on two cores (issue 13)
 
 
 class BenchError(Exception):
@@ -106,6 +107,7 @@ class Report:
     ingress: WrkResult | None = None
     bare: WrkResult | None = None
     ingress_rss_mib: float | None = None
+    workers: WrkResult | None = None  # passpost serve --workers N, driven like the ingress
     ingress_cpu_ms: float | None = None  # process CPU per request answered during the measured run
     bare_cpu_ms: float | None = None
     ingress_rss_after_wrk_mib: float | None = None
@@ -499,6 +501,21 @@ def run(options: argparse.Namespace) -> Report:
         finally:
             ingress.stop()
 
+        # ---- the same ingress as N worker processes on one port (passpost serve --workers N)
+        if options.workers > 1:
+            port = free_port()
+            command = [*passpost_command(), "serve", "--host", "127.0.0.1", "--port", str(port),
+                       "--workers", str(options.workers)]
+            several = Server("workers", command, port, {**env, "PASSPOST_PORT": str(port)}, logdir)
+            log(f"starting passpost serve --workers {options.workers} on port {port}")
+            several.start()
+            try:
+                run_wrk(wrk, options, port, script, wrk_arguments, WARMUP_SECONDS)
+                log(f"driving {options.workers} workers for {options.duration} s at {options.connections} connections")
+                report.workers, _ = run_wrk(wrk, options, port, script, wrk_arguments, options.duration)
+            finally:
+                several.stop()
+
         # ---- the bare endpoint, same uvicorn settings, driven the same way, with the
         # broker still up (idle) so that the machine is in the same state
         port = free_port()
@@ -536,6 +553,9 @@ def check(report: Report) -> None:
         report.failures.append(f"the ingress answered {ingress.status_other} requests with a status other than 200")
     if ingress.socket_errors:
         report.failures.append(f"wrk saw socket errors against the ingress: {ingress.errors}")
+    if report.workers is not None and (report.workers.status_other or report.workers.socket_errors):
+        report.failures.append(f"the workers answered {report.workers.status_other} requests with a status other "
+                               f"than 200 (socket errors {report.workers.errors})")
     if bare.status_other or bare.socket_errors:
         report.failures.append(f"the bare endpoint failed: {bare.status_other} non-200, errors {bare.errors}")
     if report.events_total != report.server_200s_total:
@@ -570,6 +590,10 @@ def print_report(report: Report, options: argparse.Namespace) -> bool:
     print()
     print(f"ratio ingress/bare requests/s: {ratio:.2f}")
     print(f"process CPU per request: ingress {report.ingress_cpu_ms:.3f} ms, bare {report.bare_cpu_ms:.3f} ms")
+    if report.workers is not None:
+        print(f"passpost serve --workers {options.workers}: {report.workers.rps:.0f} requests/s "
+              f"({report.workers.rps / ingress.rps:.2f} x one process), p99 {report.workers.p99_ms:.1f} ms, "
+              f"non-200 {report.workers.status_other}")
     print(f"ingress answers 200 seen by wrk: {ingress.status_200}; answered 200 by the server (also those in "
           f"flight when wrk stopped): {report.server_200s}; events on the topic: {report.events_on_topic}")
     print(f"since the topic was created (warm-up included): answered 200 {report.server_200s_total}, "
@@ -596,6 +620,10 @@ def print_report(report: Report, options: argparse.Namespace) -> bool:
          f"max {times[-1] * 1000:.0f} ms" if times else "not run"),
         ("every 200 acknowledged by Kafka, no non-200", not report.failures, "yes" if not report.failures else "NO"),
     ]
+    if report.workers is not None:
+        scaling = report.workers.rps / ingress.rps
+        targets.append((f"{options.workers} workers >= {TARGET_WORKERS_SCALING} x one process's requests/s",
+                        scaling >= TARGET_WORKERS_SCALING, f"{scaling:.2f}"))
     print()
     for name, met, value in targets:
         print(f"  {'met    ' if met else 'NOT MET'}  {name}: {value}")
@@ -634,6 +662,8 @@ def main(argv: list[str] | None = None) -> int:
                              "which takes the ingress's XML recovery path)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="run the ingress under py-spy record and write its samples to DIR")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="also drive `passpost serve --workers N` (default 2; 1 leaves it out)")
     parser.add_argument("--no-spool", dest="spool", action="store_false",
                         help="leave out the spool's runs (PASSPOST_SPOOL_DIR: broker paused, then draining)")
 

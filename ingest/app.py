@@ -24,7 +24,7 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -35,7 +35,7 @@ from starlette.routing import Route
 from passpost.ingest.auth import TokenCheck
 from passpost.ingest.connection import TIMED_OUT, Refusal
 from passpost.ingest.forwarder import SpoolingPublisher, publisher_for
-from passpost.ingest.metrics import IngestMetrics
+from passpost.ingest.metrics import IngestMetrics, exposition
 from passpost.ingest.middleware import RequestContext
 from passpost.ingest.postback import OutputBudget, Rejected, extract_xml, parse_xml, postbacks_in
 from passpost.ingest.publisher import EventTooLarge, Publisher, Record, bounded_records
@@ -164,7 +164,7 @@ class Ingress:
         return JSONResponse({"status": "ready"})
 
     async def metrics_text(self, request: Request) -> Response:
-        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(exposition(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -6,6 +6,7 @@ in one process and read each one's counts.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,6 +15,8 @@ from prometheus_client import (
     Counter,
     Histogram,
     disable_created_metrics,
+    generate_latest,
+    multiprocess,
 )
 
 # The *_created series double the exposition for no use a dashboard has.
@@ -75,3 +78,13 @@ class IngestMetrics:
         if counter is None:  # `.labels()` locks and builds a key on every call; this runs per event
             counter = self._event_counters[key] = self.events.labels(*key)
         counter.inc()
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text of ``registry``, or, under ``passpost serve --workers N``, of every
+    worker's metrics added up (prometheus_client's multiprocess mode, see ingest/workers.py)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return generate_latest(merged)
+    return generate_latest(registry)

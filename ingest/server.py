@@ -20,6 +20,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from passpost.errors import PasspostError
+from passpost.ingest import workers
 from passpost.ingest.app import create_app
 from passpost.ingest.connection import ConnectionLimits, LimitedHttpProtocol
 from passpost.ingest.forwarder import publisher_for
@@ -92,8 +93,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(settings: Settings) -> None:
-    sock = listening_socket(settings.host, settings.port)
+async def serve(settings: Settings, sock: socket.socket | None = None) -> None:
+    """One ingress process, on ``sock`` when given (a worker's share of the parent's socket)."""
+    sock = sock or listening_socket(settings.host, settings.port)
     metrics = IngestMetrics(known_origins=settings.known_origins)
     # With PASSPOST_SPOOL_DIR, the spool is opened here (a bad directory is one line) and an
     # unreachable Kafka no longer stops the start: postbacks are spooled until it is back.
@@ -109,10 +111,15 @@ async def serve(settings: Settings) -> None:
     await IngressServer(config, on_exit=[start_draining]).serve(sockets=[sock])
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings, sock: socket.socket | None = None) -> int:
+    """Serve until SIGTERM; the exit status (with ``settings.workers`` > 1, the workers')."""
+    if sock is None and settings.workers > 1:
+        workers.check(settings)
+        return workers.run_workers(settings, listening_socket(settings.host, settings.port))
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency, but not on every platform
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, sock))
     else:
-        uvloop.run(serve(settings))
+        uvloop.run(serve(settings, sock))
+    return 0

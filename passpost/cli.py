@@ -53,13 +53,14 @@ def cli() -> None:
 @cli.command()
 @click.option("--host", help="Address to listen on [PASSPOST_HOST, default 127.0.0.1].")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port to listen on [PASSPOST_PORT, default 8000].")
-def serve(host: str | None, port: int | None) -> None:
+@click.option("--workers", type=click.IntRange(1, 64), help="Processes on the port [PASSPOST_WORKERS, default 1].")
+def serve(host: str | None, port: int | None, workers: int | None) -> int:
     """Run the HTTP ingress (POST /postbacks/passes)."""
-    settings = _settings(host=host, port=port)
+    settings = _settings(host=host, port=port, workers=workers)
     settings_module.require_credentials(settings)
     from passpost.ingest.server import run
 
-    run(settings)
+    return run(settings)
 
 
 @cli.command()

@@ -218,6 +218,9 @@ SETTINGS: tuple[Setting, ...] = (
             "The ingress registers the event schema at start when the registry lacks it; false where only "
             "`passpost schema register` may (the ingress then refuses to start until it is registered)."),
     Setting("host", _string, "127.0.0.1", "Address `passpost serve` listens on."),
+    Setting("workers", _positive_int, 1,
+            "Processes of `passpost serve` on its one port (each with its own Kafka producer; one `/metrics` adds "
+            "them up). One per core; not with `PASSPOST_SPOOL_DIR`."),
     Setting("port", _port, 8000, "Port `passpost serve` listens on."),
     Setting("ingest_tokens", _tokens, (),
             "Accepted ingest tokens, comma-separated; several at once allow rotation.", secret=True),
@@ -319,6 +322,7 @@ class Settings:
     schema_registry_ca_file: str | None
     schema_registry_auto_register: bool
     host: str
+    workers: int
     port: int
     ingest_tokens: tuple[str, ...] = dataclasses.field(repr=False)
     ingest_open: bool
