@@ -23,7 +23,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
@@ -73,7 +73,7 @@ def run_workers(settings: Settings, sock: socket.socket) -> int:
     return status
 
 
-def _supervise(workers: list[BaseProcess], stopping: Callable[[], bool],
+def _supervise(workers: Sequence[BaseProcess], stopping: Callable[[], bool],
                stop: Callable[[int, FrameType | None], None]) -> int:
     """Wait for every worker; the first failure of one stops the others."""
     status = 0
