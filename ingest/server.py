@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import errno
 import functools
+import gc
 import signal
 import socket
 from collections.abc import Callable, Generator
@@ -70,6 +71,17 @@ def uvicorn_config(app: ASGIApp, settings: Settings, metrics: IngestMetrics | No
     )
 
 
+def _tune_garbage_collector() -> None:
+    """A request allocates a few hundred objects, almost none of them in cycles, so the
+    default threshold (a young-generation pass every 700 allocations) spends about 5 % of the
+    ingress's CPU finding nothing (py-spy, BENCHMARKS.md). Passes every 20,000 allocations,
+    and the objects that live as long as the process (modules, app, producer) frozen out of
+    every pass, measured 0.235 -> 0.224 ms of CPU per request; cyclic garbage still goes."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 class PortUnavailable(PasspostError):
     """The ingress cannot listen where it is told to. ``str()`` is one line naming the setting."""
 
@@ -104,6 +116,7 @@ async def serve(settings: Settings, sock: socket.socket | None = None) -> None:
     app = create_app(settings, publisher, metrics)
     config = uvicorn_config(app, settings, metrics)
     ingress = app.state.ingress
+    _tune_garbage_collector()
 
     def start_draining() -> None:
         ingress.draining = True
