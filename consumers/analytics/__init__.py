@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -24,9 +23,9 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from passpost.consumers.analytics import serving
-from passpost.consumers.analytics.columns import row_of
+from passpost.consumers.analytics.columns import COLUMNS, columns_of
 from passpost.consumers.analytics.store import Store, StoreUnavailable, extra_json, open_store
-from passpost.consumers.runtime import Batch, Consumer, PoisonBatch, RetryLater, identity
+from passpost.consumers.runtime import Batch, Consumer, Item, PoisonBatch, RetryLater, identity
 from passpost.consumers.runtime.health import Route
 from passpost.errors import one_line
 from passpost.schemas.event import PassPostback
@@ -34,6 +33,27 @@ from passpost.settings import Settings
 from passpost.topic_metadata import TopicIdentity
 
 __all__ = ["AnalyticsConsumer"]
+
+
+def _hmac_pads(key: bytes) -> tuple[Any, Any]:
+    """HMAC-SHA256 (RFC 2104) with its two keyed states made once: per value, two copies and updates cost
+    0.7 us where ``hmac.new(...).hexdigest()`` costs 1.8 (measured; the event loop does this for every event)."""
+    if len(key) > _SHA256_BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_SHA256_BLOCK, b"\0")
+    return hashlib.sha256(bytes(byte ^ 0x36 for byte in key)), hashlib.sha256(bytes(byte ^ 0x5C for byte in key))
+
+
+def _hmac(inner: Any, outer: Any, value: str) -> str:
+    """``hmac.new(key, value.encode(), hashlib.sha256).hexdigest()``, from ``_hmac_pads(key)``."""
+    inside = inner.copy()
+    inside.update(value.encode())
+    result = outer.copy()
+    result.update(inside.digest())
+    return str(result.hexdigest())
+
+
+_SHA256_BLOCK = 64
 
 
 class AnalyticsConsumer(Consumer):
@@ -44,6 +64,7 @@ class AnalyticsConsumer(Consumer):
         super().__init__(settings)
         self.store: Store | None = None
         self._key: bytes = b""
+        self._pads = _hmac_pads(b"")
         # One store call at a time: a batch's write and a report's query share the connection.
         self._store_lock = asyncio.Lock()
         self._duckdb = serving.duckdb_path(settings.analytics_dsn)
@@ -71,6 +92,7 @@ class AnalyticsConsumer(Consumer):
         await asyncio.to_thread(self.store.ensure_schema)
         if self.settings.analytics_reference_value == "hash":
             self._key = await asyncio.to_thread(self.store.hash_key, self.settings.analytics_hash_key)
+            self._pads = _hmac_pads(self._key)
         if self._duckdb is not None and self._url is not None:
             await asyncio.to_thread(serving.advertise, self._duckdb, self._url)
 
@@ -99,34 +121,47 @@ class AnalyticsConsumer(Consumer):
 
     async def write(self, batch: Batch) -> None:
         assert self.store is not None
-        rows: dict[str, tuple[Any, ...]] = {}
+        items: dict[str, Item] = {}
         for item in batch:
             # The first delivery of an event_id in the batch wins, as the first in the table does.
-            if item.event.event_id not in rows:
-                rows[item.event.event_id] = self.row(item.event, item.topic, item.partition, item.offset)
+            items.setdefault(item.event.event_id, item)
+        columns = self.columns(list(items.values()))
         offsets = {(tp.topic, tp.partition): offset for tp, offset in batch.next_offsets.items()}
         store = self.store
         retried: tuple[type[BaseException], ...] = (StoreUnavailable, *store.driver_errors)
         try:
             async with self._store_lock:
-                await asyncio.to_thread(store.write, list(rows.values()), offsets)
+                await asyncio.to_thread(store.write, columns, offsets)
         except store.poison_errors as error:  # these rows will never go in: the runtime isolates them
             raise PoisonBatch(one_line(error)) from error
         except retried as error:  # the server, the connection, a lock
             raise RetryLater(one_line(error)) from error
 
-    def reference(self, value: str | None) -> str | None:
+    def references(self, values: list[str | None]) -> list[str | None]:
+        """``reference_value`` as stored, by ``PASSPOST_ANALYTICS_REFERENCE_VALUE``."""
         mode = self.settings.analytics_reference_value
-        if value is None or mode == "keep":
-            return value
+        if mode == "keep":
+            return values
         if mode == "drop":
-            return None
-        return "hmac-sha256:" + hmac.new(self._key, value.encode(), hashlib.sha256).hexdigest()
+            return [None] * len(values)
+        inner, outer = self._pads
+        return [None if value is None else "hmac-sha256:" + _hmac(inner, outer, value) for value in values]
+
+    def columns(self, items: Sequence[Item]) -> dict[str, list[Any]]:
+        """The batch's columns in ``columns.COLUMNS`` order, built by field name (one list per column: the
+        stores take them as they are, without a Python object per value)."""
+        events = [item.event for item in items]
+        return columns_of(events, {
+            "outcome": [event.outcome.value for event in events],
+            "reference_value": self.references([event.reference_value for event in events]),
+            # Most events have no extra entries: "{}" is what extra_json makes of them, without a call.
+            "extra": [extra_json(extra) if extra else "{}" for extra in (event.extra for event in events)],
+        }, [item.topic for item in items], [item.partition for item in items], [item.offset for item in items])
 
     def row(self, event: PassPostback, topic: str, partition: int, offset: int) -> tuple[Any, ...]:
         """The event's row in ``columns.COLUMNS`` order, built by field name."""
-        return row_of(event, {"outcome": event.outcome.value, "reference_value": self.reference(event.reference_value),
-                              "extra": extra_json(event.extra)}, topic, partition, offset)
+        columns = self.columns([Item(event, topic, partition, offset)])
+        return tuple(columns[name][0] for name in COLUMNS)
 
     async def close(self) -> None:
         if self._duckdb is not None:

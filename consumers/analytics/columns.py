@@ -4,15 +4,15 @@ The schema is the one place the event's fields are written out: every field beco
 column of the same name, in the same order, typed from its Avro type (strings and enum
 symbols ``TEXT``, timestamps the store's timestamp type, the ``extra`` map the store's
 JSON type; a field that may be null is nullable), followed by where the event was read
-(``kafka_topic``, ``kafka_partition``, ``kafka_offset``). Rows are built by name (``row_of``),
-so a field added to, moved in or removed from the schema cannot shift values into another
-column.
+(``kafka_topic``, ``kafka_partition``, ``kafka_offset``). A batch's columns are built by
+name (``columns_of``), so a field added to, moved in or removed from the schema cannot shift
+values into another column.
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 from passpost.schemas.codec import SCHEMA
@@ -42,6 +42,8 @@ KAFKA_COLUMNS = (("kafka_topic", "TEXT", False), ("kafka_partition", "INTEGER", 
 
 EVENT_COLUMNS: tuple[str, ...] = tuple(name for name, _, _ in _EVENT_FIELDS)
 COLUMNS: tuple[str, ...] = EVENT_COLUMNS + tuple(name for name, _, _ in KAFKA_COLUMNS)
+#: The SQL type of each column, ``{ts}`` and ``{json}`` standing for the store's own.
+SQL_TYPES: dict[str, str] = {name: sql for name, sql, _ in (*_EVENT_FIELDS, *KAFKA_COLUMNS)}
 TIMESTAMP_COLUMNS = tuple(name for name, sql, _ in _EVENT_FIELDS if sql == "{ts}")
 JSON_COLUMNS = tuple(name for name, sql, _ in _EVENT_FIELDS if sql == "{json}")
 KEY = "event_id"
@@ -56,13 +58,14 @@ def table_definition() -> str:
     return f"CREATE TABLE IF NOT EXISTS pass_postbacks ({', '.join(columns)})"
 
 
-_event_values: Callable[[Any], tuple[Any, ...]] = operator.attrgetter(*EVENT_COLUMNS)
-_POSITION = {name: index for index, name in enumerate(COLUMNS)}
+_GETTERS = {name: operator.attrgetter(name) for name in EVENT_COLUMNS}
 
 
-def row_of(event: Any, replaced: dict[str, Any], topic: str, partition: int, offset: int) -> tuple[Any, ...]:
-    """The row of ``event`` in ``COLUMNS`` order: each field's value by name, except those ``replaced``."""
-    values = [*_event_values(event), topic, partition, offset]
-    for name, value in replaced.items():
-        values[_POSITION[name]] = value
-    return tuple(values)
+def columns_of(events: Sequence[Any], replaced: dict[str, list[Any]], topics: list[str], partitions: list[int],
+               offsets: list[int]) -> dict[str, list[Any]]:
+    """The columns of a batch, ``COLUMNS`` order: each field's values taken by name from ``events``, except
+    those ``replaced``, then where each event was read."""
+    columns = {name: replaced[name] if name in replaced else list(map(getter, events))
+               for name, getter in _GETTERS.items()}
+    columns.update(kafka_topic=topics, kafka_partition=partitions, kafka_offset=offsets)
+    return columns

@@ -20,12 +20,12 @@ import abc
 import json
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from passpost.consumers.analytics.columns import COLUMNS, JSON_COLUMNS, TIMESTAMP_COLUMNS, table_definition
+from passpost.consumers.analytics.columns import COLUMNS, JSON_COLUMNS, KEY, SQL_TYPES, table_definition
 from passpost.errors import PasspostError
 
 # Derived from the event schema (columns.py): the .avsc is the one list of the event's fields.
@@ -149,9 +149,9 @@ class Store(abc.ABC):
         """Delete every row and every offset, in one transaction."""
 
     @abc.abstractmethod
-    def write(self, rows: list[tuple[Any, ...]], offsets: dict[tuple[str, int], int]) -> None:
-        """Insert ``rows`` (``COLUMNS`` order; a known ``event_id`` is skipped) and upsert ``offsets``, in one
-        transaction."""
+    def write(self, columns: Mapping[str, Sequence[Any]], offsets: dict[tuple[str, int], int]) -> None:
+        """Insert the rows whose values ``columns`` hold by column name (every column of ``COLUMNS``, lists of
+        the same length; a known ``event_id`` is skipped) and upsert ``offsets``, in one transaction."""
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -186,9 +186,21 @@ class DuckDBStore(Store):
 
     def __init__(self, path: str, *, read_only: bool = False) -> None:
         import duckdb
+        import pyarrow  # ~45 MiB of the process's memory, imported here: the PostgreSQL store does without
 
         self._duckdb = duckdb
-        self.poison_errors = (duckdb.ConversionException, duckdb.ConstraintException, duckdb.InvalidInputException)
+        self._pyarrow = pyarrow
+        # A value Arrow cannot hold (a string that is not UTF-8) will never go in either.
+        self.poison_errors = (duckdb.ConversionException, duckdb.ConstraintException, duckdb.InvalidInputException,
+                              pyarrow.ArrowInvalid, pyarrow.ArrowTypeError, UnicodeError)
+        arrow_types = {"TEXT": pyarrow.string(), "{json}": pyarrow.string(), "INTEGER": pyarrow.int32(),
+                       "BIGINT": pyarrow.int64(), "{ts}": pyarrow.timestamp("us", tz="UTC")}
+        self._schema = pyarrow.schema([(name, arrow_types[SQL_TYPES[name]]) for name in COLUMNS])
+        # Timestamps arrive as TIMESTAMPTZ (UTC, the session's time zone) for naive UTC TIMESTAMP columns.
+        select = ", ".join(f"{name}::JSON" if name in JSON_COLUMNS else
+                           f"{name}::TIMESTAMP" if SQL_TYPES[name] == "{ts}" else name for name in COLUMNS)
+        self._insert = (f"INSERT INTO pass_postbacks SELECT {select} FROM incoming "
+                        "ON CONFLICT (event_id) DO NOTHING")
         self.driver_errors = (duckdb.Error,)
         directory = os.path.dirname(os.path.abspath(path))
         try:
@@ -218,26 +230,30 @@ class DuckDBStore(Store):
     def _since(self, now: datetime) -> Any:
         return super()._since(now).replace(tzinfo=None)
 
-    def write(self, rows: list[tuple[Any, ...]], offsets: dict[tuple[str, int], int]) -> None:
+    def write(self, columns: Mapping[str, Sequence[Any]], offsets: dict[tuple[str, int], int]) -> None:
         con = self.connection
         con.execute("BEGIN")
         try:
-            if rows:
-                # Column lists unnested side by side: one statement per batch, no row-by-row executemany.
-                columns = [list(column) for column in zip(*rows)]
-                for name in TIMESTAMP_COLUMNS:
-                    index = COLUMNS.index(name)
-                    columns[index] = [None if v is None else v.replace(tzinfo=None) for v in columns[index]]
-                select = ", ".join(f"unnest(${n + 1}) AS {name}" for n, name in enumerate(COLUMNS))
-                cast = ", ".join(f"{name}::JSON" if name in JSON_COLUMNS else name for name in COLUMNS)
-                con.execute(f"INSERT INTO pass_postbacks SELECT {cast} FROM (SELECT {select}) "
-                            "ON CONFLICT (event_id) DO NOTHING", columns)
+            if columns[KEY]:
+                # The columns as one Arrow table that DuckDB scans in place: Python makes one C array per
+                # column, no Python object per value (DuckDB's conversion of parameter lists held the GIL
+                # for ~7 us a row, while the event loop had the next batch to decode; see BENCHMARKS.md).
+                con.register("incoming", self._arrow(columns))
+                try:
+                    con.execute(self._insert)
+                finally:
+                    con.unregister("incoming")
             for (topic, partition), offset in offsets.items():
                 con.execute(_UPSERT_OFFSET.format(p="?"), [topic, partition, offset])
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
+
+    def _arrow(self, columns: Mapping[str, Sequence[Any]]) -> Any:
+        pa = self._pyarrow
+        return pa.Table.from_arrays([pa.array(columns[field.name], type=field.type) for field in self._schema],
+                                    schema=self._schema)
 
     def truncate(self) -> None:
         self.connection.execute("BEGIN")
@@ -278,16 +294,16 @@ class PostgresStore(Store):
             cursor.execute(sql, list(params) or None)
             return cursor.fetchall() if cursor.description else []
 
-    def write(self, rows: list[tuple[Any, ...]], offsets: dict[tuple[str, int], int]) -> None:
+    def write(self, columns: Mapping[str, Sequence[Any]], offsets: dict[tuple[str, int], int]) -> None:
         # A server restart breaks the connection; the runtime retries the batch, and this
         # reconnects (or raises StoreUnavailable, which is retried too).
         if self.connection.closed or self.connection.broken:
             self.connection = self._connect()
         with self.connection.transaction(), self.connection.cursor() as cursor:
-            if rows:
+            if columns[KEY]:
                 cursor.execute("CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE pass_postbacks) ON COMMIT DELETE ROWS")
                 with cursor.copy(f"COPY incoming ({', '.join(COLUMNS)}) FROM STDIN") as copy:
-                    for row in rows:
+                    for row in zip(*(columns[name] for name in COLUMNS)):
                         copy.write_row(row)
                 cursor.execute("INSERT INTO pass_postbacks SELECT * FROM incoming ON CONFLICT (event_id) DO NOTHING")
             for (topic, partition), offset in offsets.items():
