@@ -12,7 +12,8 @@ What one run does (figures in BENCHMARKS.md):
    every record and does nothing else;
 3. runs ``passpost consume analytics`` as its own process on a fresh DuckDB file, with
    default settings, and measures events/s from its first written batch until
-   ``passpost_consumer_events_total`` reaches the backlog, then its peak RSS (VmHWM);
+   ``passpost_consumer_events_total`` reaches the backlog, then its peak RSS (VmHWM) and its CPU
+   time (all threads, from ``/proc``) per event over the same span;
 4. the same on PostgreSQL (a server started like the tests' fixture), unless skipped;
 5. prints a Markdown table, and checks each store holds exactly ``--events`` rows.
 """
@@ -80,24 +81,31 @@ async def fill(bootstrap: str, topic: str, events: int) -> float:
     return time.perf_counter() - started
 
 
-async def bare_loop(bootstrap: str, topic: str, events: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def bare_loop(bootstrap: str, topic: str, events: int) -> tuple[float, float]:
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest", fetch_max_bytes=8 * 1024 * 1024,
                                 max_partition_fetch_bytes=8 * 1024 * 1024)
     await consumer.start()
-    count, started = 0, None
+    count, started, cpu = 0, None, 0.0
     try:
         while count < events:
             batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
             for records in batches.values():
                 if started is None:
-                    started = time.perf_counter()
+                    started, cpu, first = time.perf_counter(), time.process_time(), count
                 for record in records:
                     decode(record.value)
                 count += sum(1 for _ in records)
+        elapsed, cpu = time.perf_counter() - (started or 0), time.process_time() - cpu
     finally:
         await consumer.stop()
-    return count / (time.perf_counter() - (started or 0))
+    return count / elapsed, cpu / (count - first)
 
 
 def metric(port: int, name: str) -> float:
@@ -116,7 +124,7 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def drain(bootstrap: str, topic: str, dsn: str, events: int, log: Path) -> tuple[float, float]:
+def drain(bootstrap: str, topic: str, dsn: str, events: int, log: Path) -> tuple[float, float, float]:
     port = free_port()
     env = {**os.environ, "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PASSPOST_EVENTS_TOPIC": topic,
            "PASSPOST_CONSUMER_GROUP": f"bench-{uuid.uuid4().hex[:8]}", "PASSPOST_ANALYTICS_DSN": dsn,
@@ -130,9 +138,12 @@ def drain(bootstrap: str, topic: str, dsn: str, events: int, log: Path) -> tuple
             if process.poll() is not None:
                 raise SystemExit(f"consumer exited:\n{log.read_text()}")
             if started is None and done > 0:
-                started, first = time.perf_counter(), done
-            time.sleep(0.05)
+                started, first, cpu = time.perf_counter(), done, cpu_seconds(process.pid)
+            # Each /metrics answer costs the consumer's event loop a few ms (py-spy: 7.7% of it when asked
+            # every 50 ms): ask twice a second, and every 50 ms only near the end, which the rate needs.
+            time.sleep(0.05 if done > 0.9 * events else 0.5)
         elapsed = time.perf_counter() - (started or 0)
+        cpu = cpu_seconds(process.pid) - cpu
         rss = peak_rss_mib(process.pid)
         process.send_signal(signal.SIGTERM)
         process.wait(60)
@@ -144,7 +155,7 @@ def drain(bootstrap: str, topic: str, dsn: str, events: int, log: Path) -> tuple
         assert store.count() == events, f"{dsn}: {store.count()} rows, expected {events}"
     finally:
         store.close()
-    return (events - first) / elapsed, rss
+    return (events - first) / elapsed, rss, cpu / (events - first)
 
 
 def main() -> int:
@@ -165,24 +176,29 @@ def main() -> int:
         seconds = asyncio.run(fill(bootstrap, topic, args.events))
         print(f"filled {topic} with {args.events} events in {seconds:.1f} s", flush=True)
 
-        rows = [("bare aiokafka getmany + decode", asyncio.run(bare_loop(bootstrap, topic, args.events)), None)]
-        print(f"bare loop: {rows[0][1]:,.0f} events/s", flush=True)
-        rate, rss = drain(bootstrap, topic, f"duckdb:///{work}/analytics.duckdb", args.events, work / "duckdb.log")
-        rows.append(("`passpost consume analytics`, DuckDB", rate, rss))
-        print(f"DuckDB: {rate:,.0f} events/s, peak RSS {rss:.0f} MiB", flush=True)
+        rate, cpu = asyncio.run(bare_loop(bootstrap, topic, args.events))
+        rows = [("bare aiokafka getmany + decode", rate, None, cpu)]
+        print(f"bare loop: {rate:,.0f} events/s, {cpu * 1e6:.1f} us CPU an event", flush=True)
+        rate, rss, cpu = drain(bootstrap, topic, f"duckdb:///{work}/analytics.duckdb", args.events,
+                               work / "duckdb.log")
+        rows.append(("`passpost consume analytics`, DuckDB", rate, rss, cpu))
+        print(f"DuckDB: {rate:,.0f} events/s, peak RSS {rss:.0f} MiB, {cpu * 1e6:.1f} us CPU an event", flush=True)
         if not args.skip_postgres:
             server = PostgresServer()
             server.start()
             stack.callback(server.cleanup)
-            rate, rss = drain(bootstrap, topic, server.create_database(), args.events, work / "postgres.log")
-            rows.append(("`passpost consume analytics`, PostgreSQL", rate, rss))
-            print(f"PostgreSQL: {rate:,.0f} events/s, peak RSS {rss:.0f} MiB", flush=True)
+            rate, rss, cpu = drain(bootstrap, topic, server.create_database(), args.events, work / "postgres.log")
+            rows.append(("`passpost consume analytics`, PostgreSQL", rate, rss, cpu))
+            print(f"PostgreSQL: {rate:,.0f} events/s, peak RSS {rss:.0f} MiB, {cpu * 1e6:.1f} us CPU an event",
+                  flush=True)
 
     bare = rows[0][1]
-    print(f"\n| {args.events:,} events, {args.partitions} partitions | events/s | of the bare loop | peak RSS |")
-    print("| --- | --- | --- | --- |")
-    for name, rate, rss in rows:
-        print(f"| {name} | {rate:,.0f} | {rate / bare:.2f} | {'' if rss is None else f'{rss:.0f} MiB'} |")
+    print(f"\n| {args.events:,} events, {args.partitions} partitions | events/s | of the bare loop | peak RSS "
+          "| CPU an event (consumer process) |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, rate, rss, cpu in rows:
+        print(f"| {name} | {rate:,.0f} | {rate / bare:.2f} | {'' if rss is None else f'{rss:.0f} MiB'} "
+              f"| {cpu * 1e6:.1f} us |")
     return 0
 
 
