@@ -276,7 +276,7 @@ class Runner:
         try:
             batch, records = await self._prepare(fetched)
         except _Stopped:
-            batch, records = None, {}
+            batch, records = None, _Records({})
         previous_written = await self._settle()
         # A dropped batch is not skipped: the one after it must not be written either.
         if previous_written and batch is not None:
@@ -299,32 +299,32 @@ class Runner:
             return False
         return True
 
-    async def _prepare(self, fetched: dict[TopicPartition, list[ConsumerRecord]]
-                       ) -> tuple[Batch, dict[tuple[int, int], ConsumerRecord]]:
-        """The batch, and the records of its items by (partition, offset), should the sink find it poison."""
+    async def _prepare(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> tuple[Batch, _Records]:
+        """The batch, and its records by (partition, offset), should the sink find it poison."""
         items: list[Item] = []
-        kept: dict[tuple[int, int], ConsumerRecord] = {}
         next_offsets: dict[TopicPartition, int] = {}
         if self._resolver is not None and not await self._resolver.learn(
                 (record.value for records in fetched.values() for record in records), self.stopping):
             raise _Stopped  # stopped while the registry did not answer: nothing of this batch is used
+        # Called for every event: skipped when the consumer keeps the base class's (which refuses none).
+        validate = None if type(self.consumer).validate is Consumer.validate else self.consumer.validate
+        resolver, append = self._resolver, items.append
         for tp, records in fetched.items():
             for record in records:
                 try:
-                    event = decode(record.value, resolver=self._resolver)
+                    event = decode(record.value, resolver=resolver)
                 except DecodeError as error:
                     await self._dead_letter(record, "undecodable", str(error))
                     continue
-                reason = self.consumer.validate(event)
+                reason = None if validate is None else validate(event)
                 if reason is not None:
                     await self._dead_letter(record, "rejected", reason)
                     continue
-                items.append(Item(event, record.topic, record.partition, record.offset))
-                kept[(record.partition, record.offset)] = record
+                append(Item(event, record.topic, record.partition, record.offset))
             next_offsets[tp] = records[-1].offset + 1
-        return Batch(items, next_offsets), kept
+        return Batch(items, next_offsets), _Records(fetched)
 
-    async def _finish(self, batch: Batch, records: dict[tuple[int, int], ConsumerRecord], started: float) -> None:
+    async def _finish(self, batch: Batch, records: _Records, started: float) -> None:
         await self._write_isolating(batch, records)
         await self._commit(batch.next_offsets)
         self._refused_since = None
@@ -336,7 +336,7 @@ class Runner:
         self.metrics.batches.inc()
         self.metrics.batch_duration.observe(time.perf_counter() - started)
 
-    async def _write_isolating(self, batch: Batch, records: dict[tuple[int, int], ConsumerRecord]) -> None:
+    async def _write_isolating(self, batch: Batch, records: _Records) -> None:
         """Write ``batch``; if the sink calls it poison, its events one by one, and dead-letter those still refused."""
         try:
             await self._write(batch)
@@ -346,7 +346,7 @@ class Runner:
                 raise  # nothing left to isolate: a sink that refuses bare offsets has a bug
             if len(batch) == 1:
                 item = batch.items[0]
-                await self._dead_letter(records[(item.partition, item.offset)], "poison", str(poison))
+                await self._dead_letter(records.at(item.partition, item.offset), "poison", str(poison))
             else:
                 log.warning("consumer %s: the sink refused a batch of %d as poison (%s); writing its events one "
                             "by one", self.name, len(batch), describe(poison))
@@ -504,6 +504,23 @@ class Runner:
         log.info("consumer %s: first read of %s from %g s back", self.name,
                  ", ".join(str(tp.partition) for tp in fresh), since)
         return {tp: found[tp].offset if found.get(tp) is not None else ends[tp] for tp in fresh}
+
+
+class _Records:
+    """A batch's records by (partition, offset), indexed only when a poison batch asks (rarely): indexing
+    every record of every batch cost the event loop a dict entry per event."""
+
+    __slots__ = ("_by_position", "_fetched")
+
+    def __init__(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        self._fetched = fetched
+        self._by_position: dict[tuple[int, int], ConsumerRecord] | None = None
+
+    def at(self, partition: int, offset: int) -> ConsumerRecord:
+        if self._by_position is None:
+            self._by_position = {(record.partition, record.offset): record
+                                 for records in self._fetched.values() for record in records}
+        return self._by_position[(partition, offset)]
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
