@@ -19,11 +19,13 @@ import httpx
 import pytest
 from rich.console import Console
 
+from passpost import settings as settings_module
 from passpost.consumers import testing
 from passpost.consumers.analytics import AnalyticsConsumer
 from passpost.consumers.analytics.rebuild import rebuild
 from passpost.consumers.analytics.report import print_report
 from passpost.consumers.analytics.store import StoreLocked, open_store
+from passpost.consumers.runtime import Item
 from tests.live import free_port
 
 pytestmark = pytest.mark.kafka
@@ -106,6 +108,25 @@ def test_the_hashed_reference_value_is_hmac_sha256_whatever_the_key_s_length(key
     inner, outer = _hmac_pads(key)
     for value in ("", "someone@example.com", "+15551234567", "\u00e9\u4e2d" * 50):
         assert _hmac(inner, outer, value) == hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+
+
+def test_a_batch_with_an_event_id_already_stored_keeps_the_first_and_stores_the_rest(analytics_dsn: str) -> None:
+    """The stores write a batch without ON CONFLICT first where that is cheaper: a known event_id still
+    leaves the first delivery in place, the batch's other rows and its offsets stored, in one transaction."""
+    consumer = AnalyticsConsumer(settings_module.defaults().replace(analytics_dsn=analytics_dsn,
+                                                                    analytics_reference_value="keep"))
+    events = [testing.event(serial_number=f"S{n}") for n in range(6)]
+    store = open_store(analytics_dsn)
+    try:
+        store.ensure_schema()
+        store.write(consumer.columns([Item(event, "t", 0, n) for n, event in enumerate(events[:4])]), {("t", 0): 4})
+        store.write(consumer.columns([Item(event, "t", 0, n + 10) for n, event in enumerate(events[2:])]),
+                    {("t", 0): 14})
+        assert store._execute("SELECT serial_number, kafka_offset FROM pass_postbacks ORDER BY 1") == [
+            ("S0", 0), ("S1", 1), ("S2", 2), ("S3", 3), ("S4", 12), ("S5", 13)]
+        assert store.load_offsets("t") == {0: 14}
+    finally:
+        store.close()
 
 
 def test_without_a_key_the_store_generates_one_and_keeps_it(kafka_bootstrap: str, analytics_dsn: str) -> None:

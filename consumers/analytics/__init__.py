@@ -152,7 +152,8 @@ class AnalyticsConsumer(Consumer):
         stores take them as they are, without a Python object per value)."""
         events = [item.event for item in items]
         return columns_of(events, {
-            "outcome": [event.outcome.value for event in events],
+            # _value_, not the enum's value property: a plain attribute, 3 times cheaper.
+            "outcome": [event.outcome._value_ for event in events],
             "reference_value": self.references([event.reference_value for event in events]),
             # Most events have no extra entries: "{}" is what extra_json makes of them, without a call.
             "extra": [extra_json(extra) if extra else "{}" for extra in (event.extra for event in events)],
