@@ -276,7 +276,8 @@ class DuckDBStore(Store):
 
 
 class PostgresStore(Store):
-    """psycopg 3: COPY into a temporary table, then one INSERT ... ON CONFLICT per batch."""
+    """psycopg 3: COPY into the table; when an event_id is already there, COPY into a temporary table, then
+    INSERT ... ON CONFLICT."""
 
     param = "%s"
 
@@ -309,13 +310,28 @@ class PostgresStore(Store):
         # reconnects (or raises StoreUnavailable, which is retried too).
         if self.connection.closed or self.connection.broken:
             self.connection = self._connect()
+        rows = list(zip(*(columns[name] for name in COLUMNS))) if columns[KEY] else []
+        try:
+            self._write(rows, offsets, known_ids=False)
+        except self._psycopg.errors.UniqueViolation:
+            # COPY straight into the table does half the server's work of a temporary table and
+            # INSERT ... ON CONFLICT; an event_id already stored (a redelivery) makes it fail: the batch
+            # again that way, skipping those.
+            self._write(rows, offsets, known_ids=True)
+
+    def _write(self, rows: list[tuple[Any, ...]], offsets: dict[tuple[str, int], int], *, known_ids: bool) -> None:
         with self.connection.transaction(), self.connection.cursor() as cursor:
-            if columns[KEY]:
-                cursor.execute("CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE pass_postbacks) ON COMMIT DELETE ROWS")
-                with cursor.copy(f"COPY incoming ({', '.join(COLUMNS)}) FROM STDIN") as copy:
-                    for row in zip(*(columns[name] for name in COLUMNS)):
+            if rows:
+                if known_ids:
+                    cursor.execute("CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE pass_postbacks) "
+                                   "ON COMMIT DELETE ROWS")
+                with cursor.copy(f"COPY {'incoming' if known_ids else 'pass_postbacks'} ({', '.join(COLUMNS)}) "
+                                 "FROM STDIN") as copy:
+                    for row in rows:
                         copy.write_row(row)
-                cursor.execute("INSERT INTO pass_postbacks SELECT * FROM incoming ON CONFLICT (event_id) DO NOTHING")
+                if known_ids:
+                    cursor.execute("INSERT INTO pass_postbacks SELECT * FROM incoming ON CONFLICT (event_id) "
+                                   "DO NOTHING")
             for (topic, partition), offset in offsets.items():
                 cursor.execute(_UPSERT_OFFSET.format(p="%s"), [topic, partition, offset])
 
