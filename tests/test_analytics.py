@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import io
@@ -12,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -127,6 +128,30 @@ def test_a_batch_with_an_event_id_already_stored_keeps_the_first_and_stores_the_
         assert store.load_offsets("t") == {0: 14}
     finally:
         store.close()
+
+
+def test_duckdb_stores_the_same_rows_with_and_without_pyarrow(tmp_path: Path) -> None:
+    """pyarrow (the ``arrow`` extra) is DuckDB's fast path; without it the column lists go in as parameters."""
+    pytest.importorskip("pyarrow")
+    consumer = AnalyticsConsumer(settings_module.defaults().replace(analytics_reference_value="keep"))
+    events = [testing.event(serial_number=f"S{n}") for n in range(5)]
+    events[1] = dataclasses.replace(events[1], generated_at=None, code=None, extra={'a"b': "\u00e9\\"})
+    events[2] = dataclasses.replace(events[2], generated_at=datetime(2026, 1, 1, 12, tzinfo=timezone(timedelta(hours=-5))))
+    stored = []
+    for arrow in (True, False):
+        store = open_store(f"duckdb:///{tmp_path}/{arrow}.duckdb", arrow=arrow)
+        try:
+            store.ensure_schema()
+            store.write(consumer.columns([Item(event, "t", 0, n) for n, event in enumerate(events[:3])]), {("t", 0): 3})
+            store.write(consumer.columns([Item(event, "t", 0, n + 1) for n, event in enumerate(events[1:])]),
+                        {("t", 0): 5})
+            stored.append((store._execute("SELECT * FROM pass_postbacks ORDER BY serial_number"), store.load_offsets("t")))
+        finally:
+            store.close()
+    assert stored[0] == stored[1]
+    rows, offsets = stored[0]
+    assert len(rows) == 5 and offsets == {0: 5}
+    assert rows[2][10] == datetime(2026, 1, 1, 17)  # generated_at, naive UTC
 
 
 def test_without_a_key_the_store_generates_one_and_keeps_it(kafka_bootstrap: str, analytics_dsn: str) -> None:

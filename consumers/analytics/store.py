@@ -184,22 +184,34 @@ class Store(abc.ABC):
 class DuckDBStore(Store):
     """One writer process per file (DuckDB's own lock); timestamps are naive UTC ``TIMESTAMP``."""
 
-    def __init__(self, path: str, *, read_only: bool = False) -> None:
+    def __init__(self, path: str, *, read_only: bool = False, arrow: bool | None = None) -> None:
+        """``arrow``: write batches through pyarrow (the ``arrow`` extra): None, when it is installed."""
         import duckdb
-        import pyarrow  # ~45 MiB of the process's memory, imported here: the PostgreSQL store does without
 
         self._duckdb = duckdb
-        self._pyarrow = pyarrow
-        # A value Arrow cannot hold (a string that is not UTF-8) will never go in either.
-        self.poison_errors = (duckdb.ConversionException, duckdb.ConstraintException, duckdb.InvalidInputException,
-                              pyarrow.ArrowInvalid, pyarrow.ArrowTypeError, UnicodeError)
-        arrow_types = {"TEXT": pyarrow.string(), "{json}": pyarrow.string(), "INTEGER": pyarrow.int32(),
-                       "BIGINT": pyarrow.int64(), "{ts}": pyarrow.timestamp("us", tz="UTC")}
-        self._schema = pyarrow.schema([(name, arrow_types[SQL_TYPES[name]]) for name in COLUMNS])
+        self.poison_errors = (duckdb.ConversionException, duckdb.ConstraintException, duckdb.InvalidInputException)
+        self._pyarrow: Any = None
+        if arrow or (arrow is None and not read_only):
+            try:
+                # 163 MB installed and ~47 MiB of the process's memory: an extra, imported by this store only.
+                import pyarrow
+            except ImportError:
+                if arrow:
+                    raise
+            else:
+                self._pyarrow = pyarrow
+                # A value Arrow cannot hold (a string that is not UTF-8) will never go in either.
+                self.poison_errors += (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError, UnicodeError)
+                arrow_types = {"TEXT": pyarrow.string(), "{json}": pyarrow.string(), "INTEGER": pyarrow.int32(),
+                               "BIGINT": pyarrow.int64(), "{ts}": pyarrow.timestamp("us", tz="UTC")}
+                self._schema = pyarrow.schema([(name, arrow_types[SQL_TYPES[name]]) for name in COLUMNS])
         # Timestamps arrive as TIMESTAMPTZ (UTC, the session's time zone) for naive UTC TIMESTAMP columns.
         select = ", ".join(f"{name}::JSON" if name in JSON_COLUMNS else
                            f"{name}::TIMESTAMP" if SQL_TYPES[name] == "{ts}" else name for name in COLUMNS)
-        self._insert = f"INSERT INTO pass_postbacks SELECT {select} FROM incoming"
+        self._insert_arrow = f"INSERT INTO pass_postbacks SELECT {select} FROM incoming"
+        # Without pyarrow: the column lists unnested side by side, one statement per batch.
+        unnested = ", ".join(f"unnest(${n + 1}) AS {name}" for n, name in enumerate(COLUMNS))
+        self._insert_lists = f"INSERT INTO pass_postbacks SELECT {select} FROM (SELECT {unnested})"
         self.driver_errors = (duckdb.Error,)
         directory = os.path.dirname(os.path.abspath(path))
         try:
@@ -230,26 +242,31 @@ class DuckDBStore(Store):
         return super()._since(now).replace(tzinfo=None)
 
     def write(self, columns: Mapping[str, Sequence[Any]], offsets: dict[tuple[str, int], int]) -> None:
-        # The columns as one Arrow table that DuckDB scans in place: Python makes one C array per column,
-        # no Python object per value (DuckDB's conversion of parameter lists held the GIL for ~7 us a row
-        # while the event loop had the next batch to decode; see BENCHMARKS.md).
-        table = self._arrow(columns) if columns[KEY] else None
+        # With pyarrow, the columns as one Arrow table that DuckDB scans in place: Python makes one C array
+        # per column, no Python object per value (DuckDB's conversion of parameter lists holds the GIL for
+        # ~7 us a row while the event loop has the next batch to decode; see BENCHMARKS.md).
+        table, params, insert = None, None, None
+        if columns[KEY] and self._pyarrow is not None:
+            table, insert = self._arrow(columns), self._insert_arrow
+        elif columns[KEY]:
+            params, insert = [list(columns[name]) for name in COLUMNS], self._insert_lists
         try:
-            self._write(table, offsets, self._insert)
+            self._write(table, params, offsets, insert)
         except self._duckdb.ConstraintException:
-            # A plain INSERT costs less than ON CONFLICT (4.9 against 6.1 us a row, measured alone); an
-            # event_id already stored (a redelivery) makes it fail: the batch again, skipping those.
-            self._write(table, offsets, self._insert + " ON CONFLICT (event_id) DO NOTHING")
+            # A plain INSERT costs less than ON CONFLICT (Arrow: 4.9 against 6.1 us a row, measured alone);
+            # an event_id already stored (a redelivery) makes it fail: the batch again, skipping those.
+            self._write(table, params, offsets, insert and insert + " ON CONFLICT (event_id) DO NOTHING")
 
-    def _write(self, table: Any, offsets: dict[tuple[str, int], int], insert: str) -> None:
+    def _write(self, table: Any, params: list[list[Any]] | None, offsets: dict[tuple[str, int], int],
+               insert: str | None) -> None:
         con = self.connection
         if table is not None:
             con.register("incoming", table)
         try:
             con.execute("BEGIN")
             try:
-                if table is not None:
-                    con.execute(insert)
+                if insert is not None:
+                    con.execute(insert, params)
                 for (topic, partition), offset in offsets.items():
                     con.execute(_UPSERT_OFFSET.format(p="?"), [topic, partition, offset])
                 con.execute("COMMIT")
@@ -343,9 +360,10 @@ class PostgresStore(Store):
         self.connection.close()
 
 
-def open_store(dsn: str, *, read_only: bool = False) -> Store:
+def open_store(dsn: str, *, read_only: bool = False, arrow: bool | None = None) -> Store:
+    """``arrow`` is DuckDB's (see ``DuckDBStore``)."""
     if dsn.startswith("duckdb:///"):
-        return DuckDBStore(dsn.removeprefix("duckdb:///"), read_only=read_only)
+        return DuckDBStore(dsn.removeprefix("duckdb:///"), read_only=read_only, arrow=arrow)
     return PostgresStore(dsn)
 
 
