@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.live import free_port, wait_until_ready
+from tests.live import free_port, stop, wait_until_ready
 
 BINARY = "prometheus-alertmanager"  # Debian's name for the upstream `alertmanager` binary
 
@@ -49,12 +49,7 @@ def alertmanager_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         wait_until_ready(f"{url}/-/ready", process, log, "Alertmanager")
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout=10)
 
 
 def active_alerts(url: str, **labels: str) -> list[dict]:

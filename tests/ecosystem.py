@@ -31,7 +31,7 @@ from passpost.localkafka import (
     _maven_error,
     cache_root,
 )
-from tests.live import free_port
+from tests.live import free_port, stop
 
 APICURIO_VERSION = "3.3.3"
 # Apicurio's Kafka Connect converter: 3.0.9 is the newest 3.x of it on Maven Central, but the parent
@@ -202,12 +202,7 @@ def apicurio(folder: Path, timeout: float = 120) -> Iterator[str]:
         print(f"session Apicurio Registry at {url}, log {log}")
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout=20)
 
 
 class TcpProxy:

@@ -34,6 +34,18 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], log: Path, what
         time.sleep(0.05)
 
 
+def stop(process: subprocess.Popen[bytes], signum: int = signal.SIGTERM, timeout: float = 30) -> None:
+    """Ask ``process`` to stop with ``signum``; kill it if it has not within ``timeout`` seconds."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signum)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @dataclass
 class LiveIngress:
     process: subprocess.Popen[bytes]
@@ -53,9 +65,4 @@ def live_ingress(env: dict[str, str], log: Path, timeout: float = 30) -> Iterato
         wait_until_ready(f"{ingress.url}/readyz", process, log, "passpost serve", timeout)
         yield ingress
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(process)

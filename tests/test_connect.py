@@ -9,7 +9,6 @@ v3 API (not the Confluent-compatible one the ingress used): the same id, two API
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 
 from tests.ecosystem import CCOMPAT, Missing, connect_libs, java21, unavailable
 from tests.kafka_helpers import unique_topic
-from tests.live import free_port
+from tests.live import free_port, stop
 from tests.test_schema_registry import post_vendor_example, registry_env
 
 pytestmark = pytest.mark.kafka
@@ -84,12 +83,7 @@ def test_kafka_connect_with_apicurio_converter_sinks_the_vendor_example_to_a_fil
             time.sleep(0.5)
         print(f"Connect wrote the event {time.monotonic() - started:.1f} s after its start")
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
     [line] = sink_file.read_text().strip().splitlines()
     assert line.startswith("Struct{"), line

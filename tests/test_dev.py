@@ -23,7 +23,7 @@ import pytest
 
 from passpost.dev import VENDOR_EXAMPLE
 from tests.kafka_helpers import read_all
-from tests.live import free_port
+from tests.live import free_port, stop
 
 pytestmark = pytest.mark.kafka
 
@@ -110,11 +110,7 @@ def running_dev(cwd: Path, env: dict[str, str], log: Path) -> Iterator[Dev]:
                 time.sleep(0.3)
         yield dev
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process, signal.SIGINT, timeout=60)
     assert process.returncode == 0, dev.output
 
 
