@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from passpost.ports import free_port
+from passpost.processes import stop
 
 ROOT = Path(__file__).resolve().parent.parent
 POST_LUA = ROOT / "bench" / "post.lua"
@@ -225,12 +226,7 @@ class Server:
             return
         # Under py-spy, SIGINT makes py-spy stop sampling and write its output; the
         # server (its child, same process group) gets the signal too and shuts down.
-        process.send_signal(signal.SIGINT if Path(self.command[0]).name == "py-spy" else signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, signal.SIGINT if Path(self.command[0]).name == "py-spy" else signal.SIGTERM, timeout)
 
     def log_tail(self, lines: int = 5) -> str:
         with contextlib.suppress(OSError):

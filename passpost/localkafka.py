@@ -53,6 +53,7 @@ from typing import NamedTuple
 
 from passpost.errors import PasspostError
 from passpost.ports import free_port
+from passpost.processes import stop
 
 KAFKA_VERSION = "4.1.1"
 # Kafka's poms depend on slf4j-api 1.7 and log4j-core but ship no binding between them
@@ -420,13 +421,7 @@ class _Process:
         popen, self.popen = self.popen, None
         if popen is None:
             return
-        if popen.poll() is None:
-            popen.send_signal(signum)
-            try:
-                popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait()
+        stop(popen, signum, timeout)
         self._keep_archive(popen)
 
     def _keep_archive(self, popen: subprocess.Popen[bytes]) -> None:

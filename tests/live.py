@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from passpost.ports import free_port
+from passpost.processes import stop
 
 __all__ = ["LiveIngress", "free_port", "live_ingress", "wait_until_ready"]
 
@@ -32,18 +32,6 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], log: Path, what
         if process.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"{what} did not become ready:\n{log.read_text()}")
         time.sleep(0.05)
-
-
-def stop(process: subprocess.Popen[bytes], signum: int = signal.SIGTERM, timeout: float = 30) -> None:
-    """Ask ``process`` to stop with ``signum``; kill it if it has not within ``timeout`` seconds."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signum)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @dataclass
