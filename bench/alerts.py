@@ -309,9 +309,8 @@ def run(options: argparse.Namespace) -> Report:
         partitions = create_topics(env)
         log(f"topics {events_topic} and {dead_letter_topic} created, empty")
 
-        port = free_port()
-        ingress = Server("ingress", [*passpost_command(), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                         port, {**env, "PASSPOST_PORT": str(port)}, workdir)
+        ingress = Server.passpost_serve("ingress", env, workdir)
+        port = ingress.port
         consumer_port = free_port()
         consumer_env = {
             **env,

@@ -193,6 +193,15 @@ class Server:
         self.log_path = logdir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
+    @classmethod
+    def passpost_serve(cls, name: str, env: dict[str, str], logdir: Path, *arguments: str,
+                       wrap: Callable[[list[str]], list[str]] | None = None) -> Server:
+        """``passpost serve`` on a free loopback port with ``arguments`` added (``wrap`` may put
+        a profiler in front of the command)."""
+        port = free_port()
+        command = [*passpost_command(), "serve", "--host", "127.0.0.1", "--port", str(port), *arguments]
+        return cls(name, wrap(command) if wrap else command, port, {**env, "PASSPOST_PORT": str(port)}, logdir)
+
     def start(self, timeout: float = 60.0) -> None:
         with open(self.log_path, "wb") as output:
             self.process = subprocess.Popen(
@@ -456,15 +465,15 @@ def run(options: argparse.Namespace) -> Report:
         log(f"topics {events_topic} and {dead_letter_topic} created, empty")
 
         # ---- the ingress
-        port = free_port()
-        command = [*passpost_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
-        if options.profile:
+        def under_py_spy(command: list[str]) -> list[str]:
             py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             options.profile.mkdir(parents=True, exist_ok=True)
             # Blocking sampling (py-spy's default) keeps stacks whole; 100 Hz keeps its cost low.
-            command = [py_spy, "record", "--rate", "100", "--format", "raw",
-                       "-o", str(options.profile / "ingress.collapsed"), "--", *command]
-        ingress = Server("ingress", command, port, {**env, "PASSPOST_PORT": str(port)}, logdir)
+            return [py_spy, "record", "--rate", "100", "--format", "raw",
+                    "-o", str(options.profile / "ingress.collapsed"), "--", *command]
+
+        ingress = Server.passpost_serve("ingress", env, logdir, wrap=under_py_spy if options.profile else None)
+        port = ingress.port
         log(f"starting passpost serve on port {port}")
         ingress.start()
         try:
@@ -499,10 +508,8 @@ def run(options: argparse.Namespace) -> Report:
 
         # ---- the same ingress as N worker processes on one port (passpost serve --workers N)
         if options.workers > 1:
-            port = free_port()
-            command = [*passpost_command(), "serve", "--host", "127.0.0.1", "--port", str(port),
-                       "--workers", str(options.workers)]
-            several = Server("workers", command, port, {**env, "PASSPOST_PORT": str(port)}, logdir)
+            several = Server.passpost_serve("workers", env, logdir, "--workers", str(options.workers))
+            port = several.port
             log(f"starting passpost serve --workers {options.workers} on port {port}")
             several.start()
             try:

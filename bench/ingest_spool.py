@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from passpost.ports import free_port
-
 
 @dataclass
 class SpoolReport:
@@ -78,7 +76,6 @@ def run_spool(wrk: str, options: argparse.Namespace, kafka: Any, env: dict[str, 
         create_topics,
         fresh_topic_names,
         log,
-        passpost_command,
         run_wrk,
         settle,
         topic_records,
@@ -89,9 +86,8 @@ def run_spool(wrk: str, options: argparse.Namespace, kafka: Any, env: dict[str, 
     spool_env = {**env, "PASSPOST_EVENTS_TOPIC": events_topic, "PASSPOST_DEAD_LETTER_TOPIC": dead_letter_topic,
                  "PASSPOST_SPOOL_DIR": str(logdir / f"spool-{secrets.token_hex(4)}")}
     partitions = create_topics(spool_env)
-    port = free_port()
-    command = [*passpost_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    ingress = Server("ingress-spool", command, port, {**spool_env, "PASSPOST_PORT": str(port)}, logdir)
+    ingress = Server.passpost_serve("ingress-spool", spool_env, logdir)
+    port = ingress.port
     log(f"starting passpost serve with a spool on port {port}")
     ingress.start()
     try:
