@@ -233,6 +233,22 @@ def check_security(run: Run) -> None:
             assert seen["root"] == "EROFS", (container.name, seen)
 
 
+def start_pipeline(run: Run, resources: list[dict[str, Any]], kafka: dict[str, str], alerts_env: dict[str, str],
+                   token: str, bodies: tuple[bytes, ...]) -> tuple[Pod, Pod, Pod]:
+    """Start the consumers then the ingress (``alerts_env`` for the alerts consumer), check that
+    every Deployment runs locked down, and post ``bodies``: each answered 200. The three pods."""
+    alerts = run.start("passpost-alerts", {**kafka, **alerts_env})
+    analytics = run.start("passpost-analytics", kafka)
+    ingress = run.start("passpost-ingress", kafka)
+    assert set(run.pods) == set(deployments(resources)), "every Deployment runs"
+    check_security(run)
+    url = f"http://127.0.0.1:{ingress.containers[0].port(8000)}/postbacks/passes"
+    for body in bodies:
+        response = httpx.post(url, params={"token": token}, content=body, timeout=10)
+        assert response.status_code == 200, response.text
+    return alerts, analytics, ingress
+
+
 def check_graceful(outcomes: dict[str, tuple[int, float, float]]) -> None:
     for name, (code, took, grace) in outcomes.items():
         assert code == 0, f"{name} exited {code}"
@@ -254,15 +270,8 @@ def test_dev_overlay_runs_end_to_end(passpost_image: str, kafka_bootstrap: str, 
     with running(cluster, passpost_image, tmp_path) as run:
         # The alert webhook is production's (from a Secret); dev's alerts go to the log
         # unless told otherwise, so the test tells it.
-        alerts = run.start("passpost-alerts", {**kafka, "PASSPOST_ALERT_WEBHOOK_URL": webhook.url})
-        analytics = run.start("passpost-analytics", kafka)
-        ingress = run.start("passpost-ingress", kafka)
-        assert set(run.pods) == set(deployments(resources)), "every Deployment runs"
-        check_security(run)
-        url = f"http://127.0.0.1:{ingress.containers[0].port(8000)}/postbacks/passes"
-        for body in (VENDOR_EXAMPLE, OUT_OF_CREDITS):
-            response = httpx.post(url, params={"token": token}, content=body, timeout=10)
-            assert response.status_code == 200, response.text
+        alerts, analytics, ingress = start_pipeline(run, resources, kafka, {"PASSPOST_ALERT_WEBHOOK_URL": webhook.url},
+                                                    token, (VENDOR_EXAMPLE, OUT_OF_CREDITS))
 
         def written(pod: Pod) -> float:
             text = httpx.get(f"http://127.0.0.1:{pod.containers[0].port(9100)}/metrics", timeout=5).text
@@ -439,15 +448,8 @@ def test_production_overlay_runs_with_scram_postgres_and_alertmanager(
     podman("volume", "rm", "--force", *claims)
     try:
         with running(cluster, passpost_image, tmp_path) as run:
-            alerts = run.start("passpost-alerts", {**kafka, "PASSPOST_ALERTMANAGER_URL": alertmanager_url})
-            run.start("passpost-analytics", kafka)
-            ingress = run.start("passpost-ingress", kafka)
-            assert set(run.pods) == set(deployments(resources)), "every Deployment runs"
-            check_security(run)
-            url = f"http://127.0.0.1:{ingress.containers[0].port(8000)}/postbacks/passes"
-            for body in (VENDOR_EXAMPLE, out_of_credits):
-                response = httpx.post(url, params={"token": token}, content=body, timeout=10)
-                assert response.status_code == 200, response.text
+            alerts, _, ingress = start_pipeline(run, resources, kafka, {"PASSPOST_ALERTMANAGER_URL": alertmanager_url},
+                                                token, (VENDOR_EXAMPLE, out_of_credits))
 
             def stored() -> list[tuple[object, ...]]:
                 return rows(postgres_dsn, "SELECT status_code, origin FROM pass_postbacks ORDER BY status_code")
@@ -455,7 +457,7 @@ def test_production_overlay_runs_with_scram_postgres_and_alertmanager(
             wait_for(lambda: len(stored()) >= 2, 60, "both events in PostgreSQL")
             # The ingress runs with its spool on the StatefulSet's claim; Kafka took
             # everything, so it holds nothing.
-            spool = httpx.get(url.replace("/postbacks/passes", "/metrics"), timeout=5).text
+            spool = httpx.get(f"http://127.0.0.1:{ingress.containers[0].port(8000)}/metrics", timeout=5).text
             assert metric(spool, "passpost_spool_capacity_bytes") == 1024**3
             assert metric(spool, "passpost_spool_events") == 0
             assert stored() == [("N801", "GENERATE_PASS"), ("N811", origin)]
