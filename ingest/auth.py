@@ -12,10 +12,9 @@ import base64
 import binascii
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 from urllib.parse import parse_qsl
-
-from starlette.requests import Request
 
 
 class TokenCheck:
@@ -23,11 +22,12 @@ class TokenCheck:
         self._digests = [_digest(token.encode()) for token in tokens]
         self.open_access = open_access and not self._digests
 
-    def allows(self, request: Request) -> bool:
+    def allows(self, scope: Mapping[str, Any]) -> bool:
+        """Whether the request of ``scope`` (an ASGI scope, or a Starlette ``Request``) may post."""
         if self.open_access:
             return True
         granted = False
-        for presented in presented_tokens(request):
+        for presented in presented_tokens(scope):
             digest = _digest(presented)
             for expected in self._digests:
                 # No early exit: every comparison runs whatever matched.
@@ -39,16 +39,18 @@ def _digest(token: bytes) -> bytes:
     return hashlib.sha256(token).digest()
 
 
-def presented_tokens(request: Request) -> list[bytes]:
+def presented_tokens(scope: Mapping[str, Any]) -> list[bytes]:
     tokens: list[bytes] = []
-    query = request.scope.get("query_string", b"")
+    query: bytes = scope.get("query_string", b"")
     if b"token=" in query:
         # Percent-escapes decoded as Latin-1 map each byte to one character and back, so any
         # bytes a client escapes (%FF, UTF-8 of any character) reach the comparison as sent.
         tokens.extend(value.encode("latin-1") for key, value in parse_qsl(query.decode("latin-1"), encoding="latin-1")
                       if key == "token")
-    for authorization in request.headers.getlist("authorization"):
-        scheme, _, credentials = authorization.strip().partition(" ")
+    for name, value in scope["headers"]:
+        if name != b"authorization":
+            continue
+        scheme, _, credentials = value.decode("latin-1").strip().partition(" ")
         scheme = scheme.lower()
         credentials = credentials.strip()
         if scheme == "bearer" and credentials:

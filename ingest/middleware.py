@@ -28,21 +28,60 @@ _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _QUIET_ROUTES = frozenset({"/metrics", "/healthz", "/readyz"})  # probes and scrapes: counted, not logged
 
 
-class RequestContext:
-    def __init__(self, app: ASGIApp, metrics: IngestMetrics, routes: set[str]) -> None:
-        self.app = app
+class RequestLog:
+    """The request id, the access line and the request metrics of each request: for the
+    Starlette routes by way of ``RequestContext``, for the postback route directly (the
+    ingress's ``IngressApp`` answers it without Starlette's layers)."""
+
+    def __init__(self, metrics: IngestMetrics, routes: set[str]) -> None:
         self.metrics = metrics
         self.routes = routes
         # `.labels()` takes a lock and builds a key on every call; this runs per request.
         self._counters: dict[tuple[str, str, int], Any] = {}
         self._latencies: dict[str, Any] = {}
 
+    def done(self, scope: Scope, request_id: str, started: float, status: int, error_code: str | None,
+             fields: dict[str, Any] | None) -> None:
+        """Count the answered request and write its access line."""
+        elapsed = time.perf_counter() - started
+        path: str = scope["path"]
+        route = path if path in self.routes else "unmatched"
+        self._count(route, scope["method"], status, elapsed)
+        if route not in _QUIET_ROUTES and log.isEnabledFor(logging.INFO):
+            line = {"request_id": request_id, "method": scope["method"], "path": path[:200], "status": status,
+                    "duration_ms": round(elapsed * 1000, 2)}
+            if fields:
+                line.update(fields)
+            if error_code is not None:
+                line["error"] = error_code
+            log.info("request", extra={"fields": line})
+
+    def _count(self, route: str, method: str, status: int, elapsed: float) -> None:
+        key = (route, method, status)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.metrics.requests.labels(route, method, str(status))
+        counter.inc()
+        latency = self._latencies.get(route)
+        if latency is None:
+            latency = self._latencies[route] = self.metrics.request_latency.labels(route)
+        latency.observe(elapsed)
+
+
+class RequestContext:
+    """``RequestLog`` as an ASGI middleware: the endpoint finds the request id in
+    ``request.state.request_id`` and may add access-line fields in ``request.state.log_fields``."""
+
+    def __init__(self, app: ASGIApp, requests: RequestLog) -> None:
+        self.app = app
+        self.requests = requests
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _request_id(scope)
+        request_id = request_id_of(scope)
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500
@@ -62,27 +101,7 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            elapsed = time.perf_counter() - started
-            path: str = scope["path"]
-            route = path if path in self.routes else "unmatched"
-            self._count(route, scope["method"], status, elapsed)
-            if route not in _QUIET_ROUTES and log.isEnabledFor(logging.INFO):
-                fields = {"request_id": request_id, "method": scope["method"], "path": path[:200], "status": status,
-                          "duration_ms": round(elapsed * 1000, 2), **state.get("log_fields", {})}
-                if error_code is not None:
-                    fields["error"] = error_code
-                log.info("request", extra={"fields": fields})
-
-    def _count(self, route: str, method: str, status: int, elapsed: float) -> None:
-        key = (route, method, status)
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = self.metrics.requests.labels(route, method, str(status))
-        counter.inc()
-        latency = self._latencies.get(route)
-        if latency is None:
-            latency = self._latencies[route] = self.metrics.request_latency.labels(route)
-        latency.observe(elapsed)
+            self.requests.done(scope, request_id, started, status, error_code, state.get("log_fields"))
 
 
 def _error_code(body: bytes) -> str | None:
@@ -93,7 +112,8 @@ def _error_code(body: bytes) -> str | None:
     return code if isinstance(code, str) else None
 
 
-def _request_id(scope: Scope) -> str:
+def request_id_of(scope: Scope) -> str:
+    """The client's ``X-Request-ID`` when it is a sane token, else a new one."""
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             candidate: str = value.decode("latin-1")

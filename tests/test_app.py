@@ -301,3 +301,35 @@ def test_the_origin_label_stays_bounded_under_a_thousand_distinct_origins(settin
         'passpost_events_produced_total{origin="GENERATE_PASS",outcome="SUCCESS"} 1.0',
         'passpost_events_produced_total{origin="other",outcome="FAILURE"} 998.0',
     ]
+
+
+def test_a_failure_inside_the_postback_route_is_a_json_500_logged_with_its_traceback(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(settings)
+    with TestClient(app) as client:
+        async def broken_publish(topic: str, records: object) -> None:
+            raise RuntimeError("a bug in the publisher")
+
+        app.state.ingress.publisher.publish = broken_publish
+        with caplog.at_level(logging.INFO):
+            response = post(client, VENDOR_EXAMPLE, headers={"X-Request-ID": "bug-1"})
+        metrics = client.get("/metrics").text
+    assert response.status_code == 500
+    assert response.json()["error"] == "internal_error"
+    assert response.headers["x-request-id"] == "bug-1"
+    failure = next(record for record in caplog.records if record.name == "passpost.ingest")
+    assert "bug-1" in failure.getMessage() and failure.exc_info is not None
+    access = [record.fields for record in caplog.records if record.name == "passpost.access"]  # type: ignore[attr-defined]
+    assert [(entry["status"], entry.get("error")) for entry in access] == [(500, "internal_error")]
+    assert 'passpost_http_requests_total{method="POST",route="/postbacks/passes",status="500"} 1.0' in metrics
+
+
+def test_the_postback_route_answers_with_the_bytes_starlette_would_render(client: TestClient) -> None:
+    response = post(client, VENDOR_EXAMPLE)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["content-length"] == str(len(response.content))
+    body = response.json()
+    assert response.content == json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    assert body["events"] == 1 and len(body["event_ids"]) == 1
