@@ -131,15 +131,19 @@ def test_a_batch_with_an_event_id_already_stored_keeps_the_first_and_stores_the_
 
 
 def test_duckdb_stores_the_same_rows_with_and_without_pyarrow(tmp_path: Path) -> None:
-    """pyarrow (the ``arrow`` extra) is DuckDB's fast path; without it the column lists go in as parameters."""
+    """DuckDB takes a batch as tab-separated text (the default), as an Arrow table (pyarrow, the ``arrow`` extra),
+    or as parameter lists (values text cannot carry): the same rows and offsets whichever way."""
     pytest.importorskip("pyarrow")
     consumer = AnalyticsConsumer(settings_module.defaults().replace(analytics_reference_value="keep"))
     events = [testing.event(serial_number=f"S{n}") for n in range(5)]
     events[1] = dataclasses.replace(events[1], generated_at=None, code=None, extra={'a"b': "\u00e9\\"})
     events[2] = dataclasses.replace(events[2], generated_at=datetime(2026, 1, 1, 12, tzinfo=timezone(timedelta(hours=-5))))
+    events[3] = dataclasses.replace(events[3], code="", origin=' "quoted", \\N-ish \u4e2d', referenced_by="NULL")
     stored = []
-    for arrow in (True, False):
-        store = open_store(f"duckdb:///{tmp_path}/{arrow}.duckdb", arrow=arrow)
+    for path in ("arrow", "text", "lists"):
+        store = open_store(f"duckdb:///{tmp_path}/{path}.duckdb", arrow=path == "arrow")
+        if path == "lists":
+            store._text = None  # type: ignore[attr-defined]
         try:
             store.ensure_schema()
             store.write(consumer.columns([Item(event, "t", 0, n) for n, event in enumerate(events[:3])]), {("t", 0): 3})
@@ -148,10 +152,26 @@ def test_duckdb_stores_the_same_rows_with_and_without_pyarrow(tmp_path: Path) ->
             stored.append((store._execute("SELECT * FROM pass_postbacks ORDER BY serial_number"), store.load_offsets("t")))
         finally:
             store.close()
-    assert stored[0] == stored[1]
+    assert stored[0] == stored[1] == stored[2]
     rows, offsets = stored[0]
     assert len(rows) == 5 and offsets == {0: 5}
     assert rows[2][10] == datetime(2026, 1, 1, 17)  # generated_at, naive UTC
+    assert (rows[3][1], rows[3][4], rows[3][5]) == (' "quoted", \\N-ish \u4e2d', "", "NULL")
+    assert rows[1][4] is None and json.loads(rows[1][13]) == {'a"b': "\u00e9\\"}
+
+
+@pytest.mark.parametrize("value", ["tab\there", "line\nbreak", "carriage\rreturn", "\\N", "\ufeffbom", "nul\x00"])
+def test_duckdb_stores_values_text_cannot_carry_through_the_lists(tmp_path: Path, value: str) -> None:
+    consumer = AnalyticsConsumer(settings_module.defaults().replace(analytics_reference_value="keep"))
+    store = open_store(f"duckdb:///{tmp_path}/analytics.duckdb")
+    try:
+        store.ensure_schema()
+        event = testing.event(event_id=value, serial_number=value, extra={value: value})
+        store.write(consumer.columns([Item(event, "t", 0, 0), Item(testing.event(), "t", 0, 1)]), {("t", 0): 2})
+        [(serial, extra)] = store._execute("SELECT serial_number, extra FROM pass_postbacks WHERE kafka_offset = 0")
+        assert serial == value and json.loads(extra) == {value: value}
+    finally:
+        store.close()
 
 
 def test_without_a_key_the_store_generates_one_and_keeps_it(kafka_bootstrap: str, analytics_dsn: str) -> None:

@@ -504,3 +504,124 @@ def test_property_round_trip(event: PassPostback, schema_id: int) -> None:
     assert confluent[5:] == data[10:]
     # Stock fastavro agrees on every field.
     assert PassPostback.from_record(plain_fastavro_read(data[10:])) == event
+
+
+# --- decode_columns: a batch field by field, the same values and errors as decode -----------
+
+
+def assert_columns_match_decode(values: list[bytes], resolver: SchemaResolver | None = None) -> codec.DecodedColumns:
+    """decode_columns agrees with decode on every record: the same values (as to_record gives them) for those
+    decoded, the same DecodeError message for the others."""
+    decoded = codec.decode_columns(values, resolver=resolver)
+    assert list(decoded.fields) == list(codec.FIELD_NAMES)
+    expected_rows, expected_errors = [], []
+    for index, data in enumerate(values):
+        try:
+            expected_rows.append((index, decode(data, resolver=resolver).to_record()))
+        except DecodeError as error:
+            expected_errors.append((index, str(error)))
+    assert [(index, str(error)) for index, error in decoded.errors] == expected_errors
+    assert decoded.decoded == ([index for index, _ in expected_rows] if expected_errors else None)
+    assert len(decoded) == len(expected_rows)
+    for row, (_, record) in enumerate(expected_rows):
+        assert {name: decoded.fields[name][row] for name in codec.FIELD_NAMES} == record
+    return decoded
+
+
+def stock_fastavro_record(data: bytes) -> dict[str, Any]:
+    """What fastavro alone reads from the .avsc, timestamps as its datetimes turned back into microseconds."""
+    record = plain_fastavro_read(data[10:])
+    for name in ("generated_at", "received_at"):
+        if record[name] is not None:
+            record[name] = (record[name] - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    return record
+
+
+@settings(max_examples=100, deadline=None)
+@given(batch=st.lists(events, min_size=1, max_size=30))
+def test_decode_columns_agrees_with_decode_and_stock_fastavro(batch: list[PassPostback]) -> None:
+    values = [encode(event) for event in batch]
+    decoded = assert_columns_match_decode(values)
+    for row, data in enumerate(values):
+        assert {name: decoded.fields[name][row] for name in codec.FIELD_NAMES} == stock_fastavro_record(data)
+
+
+def test_decode_columns_reads_every_kind_of_value() -> None:
+    long_text = "x" * 64 + "é" * 100  # a length over 63 bytes takes more than one varint byte
+    batch = [
+        full_event(),
+        minimal_event(),
+        full_event(extra={}, generated_at=None, timestamp_raw=None),
+        full_event(reference_value="zoë@exämple.com", custom_pass_id="票-№7-🎫", serial_number="a\x00b",
+                   extra={"PASSDATA/ÉTIQUETTE": "valeur ✓", "": "", "X/Y/Z": "𝄞" * 100}),
+        full_event(event_id=long_text, origin=long_text, extra={long_text: long_text}),
+        full_event(origin="", status_code="", code="", extra={"": ""}),
+        full_event(generated_at=datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+        full_event(generated_at=datetime(1, 1, 1, tzinfo=UTC)),
+        full_event(received_at=datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+        full_event(received_at=datetime(1970, 1, 1, tzinfo=UTC)),
+        full_event(outcome=Outcome.FAILURE), full_event(outcome=Outcome.UNKNOWN),
+        full_event(extra={f"K/{i}": str(i) for i in range(300)}),
+    ]
+    values = [encode(event) for event in batch]
+    decoded = assert_columns_match_decode(values * 3)
+    assert decoded.fields["extra"][12] == {f"K/{i}": str(i) for i in range(300)}
+    assert decoded.fields["received_at"][9] == 0 and decoded.fields["generated_at"][2] is None
+    assert decoded.fields["outcome"][10:12] == ["FAILURE", "UNKNOWN"]
+
+
+def body_of(record: dict[str, Any], *, extra_blocks: bytes | None = None) -> bytes:
+    body = write_with(codec._without_logical_types(load_avsc()), record)
+    if extra_blocks is not None:  # the map written by hand: replace fastavro's (its last bytes)
+        assert record["extra"] == {} and body.endswith(b"\x00")
+        body = body[:-1] + extra_blocks
+    return b"\xc3\x01" + SCHEMA_FINGERPRINT + body
+
+
+def test_decode_columns_reads_map_blocks_with_their_size_and_a_repeated_key() -> None:
+    record = full_event(extra={}).to_record()
+    # Two blocks: a negative count (-1) followed by the block's size in bytes, then a count of 2 whose second
+    # entry repeats the first key (the last value wins, as fastavro has it).
+    blocks = b"\x01\x0c\x04ab\x04cd" + b"\x04\x04ef\x04gh\x04ab\x04zz" + b"\x00"
+    decoded = assert_columns_match_decode([body_of(record, extra_blocks=blocks)])
+    assert decoded.fields["extra"] == [{"ab": "zz", "ef": "gh"}]
+
+
+def test_decode_columns_gives_decode_s_errors_and_keeps_the_others_in_order() -> None:
+    good = [encode(full_event(serial_number=f"S{n}")) for n in range(6)]
+    micros_10000 = 253402300800 * 10**6  # year 10000: beyond what a datetime holds
+    values = [
+        good[0],
+        b"",
+        b"\x00bad",
+        good[1],
+        good[2][:-3],  # truncated
+        good[3] + b"\x00",  # trailing byte
+        b"\xc3\x01" + SCHEMA_FINGERPRINT + b"\x02a\x02b\x02c\x06",  # enum index out of range
+        b"\xc3\x01" + SCHEMA_FINGERPRINT + b"\x02\xed\xa0\x80\x02b\x02c\x00" + bytes(20),  # a UTF-8 surrogate
+        b"\xc3\x01" + SCHEMA_FINGERPRINT + b"\xff" * 30,  # a varint that never ends
+        b"\xc3\x01" + SCHEMA_FINGERPRINT + b"\x01" * 40,  # a negative length
+        body_of({**full_event().to_record(), "received_at": micros_10000}),
+        body_of({**full_event().to_record(), "generated_at": -micros_10000}),
+        b"\xc3\x01" + bytes(8) + good[4][10:],  # an unknown fingerprint
+        good[4],
+        encode_confluent(full_event(serial_number="C"), 3),  # no resolver knows id 3
+        good[5],
+    ]
+    decoded = assert_columns_match_decode(values)
+    assert decoded.decoded == [0, 3, 13, 15]
+    assert decoded.fields["serial_number"] == ["S0", "S1", "S4", "S5"]
+
+
+def test_decode_columns_reads_confluent_framing_and_other_writer_schemas() -> None:
+    writer = evolved_writer_schema()
+    record = {**full_event().to_record(), "channel": "api", "outcome": "PARTIAL"}
+    evolved = b"\x00\x00\x00\x00\x09" + write_with(writer, record)
+    registry = StaticResolver({5: SCHEMA, 9: writer})
+    values = [encode_confluent(full_event(serial_number=f"S{n}"), 5) for n in range(5)]
+    values[2:2] = [evolved, encode(full_event(serial_number="single object"))]
+    decoded = assert_columns_match_decode(values, registry)
+    assert decoded.fields["serial_number"] == ["S0", "S1", "SN-0001", "single object", "S2", "S3", "S4"]
+    assert decoded.fields["outcome"][2] == "UNKNOWN"  # the writer's new symbol, read as our default
+    # Without the registry, the Confluent records are decode's errors.
+    assert [index for index, _ in assert_columns_match_decode(values).errors] == [0, 1, 2, 4, 5, 6]

@@ -14,7 +14,7 @@ import pytest
 
 from passpost import settings as settings_module
 from passpost.consumers import testing
-from passpost.consumers.runtime import Batch, Consumer, Runner, group_id
+from passpost.consumers.runtime import Batch, Columns, Consumer, PoisonBatch, Runner, group_id
 from passpost.consumers.runtime.identity import ForeignOffsets, TopicIdentity
 from passpost.kafka import create_topics
 from passpost.schemas.event import PassPostback
@@ -57,6 +57,48 @@ def test_poison_and_rejected_records_go_to_the_consumers_dead_letter_topic(kafka
     assert letters[0].value == b"not avro at all"  # the original bytes
     assert letters[1].headers_dict["detail"] == "bad serial"
     assert letters[0].headers_dict["topic"] == settings.events_topic
+
+
+class CollectColumns(Collect):
+    """Asks for columns (``Consumer.columnar``); refuses as poison a batch holding serial number "poison"."""
+
+    columnar = True
+
+    def __init__(self, settings) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(settings)
+        self.batches: list[Batch] = []
+
+    async def write(self, batch: Batch) -> None:
+        if "poison" in batch.columns.fields["serial_number"]:
+            raise PoisonBatch("no poison")
+        self.batches.append(batch)
+        self.written.extend(batch.events)
+
+
+def test_a_columnar_consumer_gets_the_same_events_as_columns_and_the_same_dead_letters(kafka_bootstrap: str) -> None:
+    """Decoded field by field instead of one PassPostback each: the same events (items built on demand), the
+    undecodable, rejected (validate) and poison records dead-lettered as for any consumer."""
+    settings = testing.settings_for(kafka_bootstrap, consumer_batch_size=100)
+    good = [testing.event(serial_number=f"S{n}", extra={"K": str(n)} if n % 2 else {}) for n in range(6)]
+    testing.produce(settings, [good[0], b"not avro at all", good[1], testing.event(serial_number="bad-1"),
+                               good[2], testing.event(serial_number="poison"), *good[3:]])
+    consumer = CollectColumns(settings)
+    result = testing.consume(consumer, settings)
+
+    assert consumer.written == good
+    letters = sorted(result.dead_letters, key=lambda letter: int(letter.headers_dict["offset"]))
+    assert [(letter.headers_dict["error"], letter.headers_dict["offset"]) for letter in letters] == [
+        ("undecodable", "1"), ("rejected", "3"), ("poison", "5")]
+    # After the poison, the batch went in event by event; the next ones come whole, as decoded columns.
+    later = [testing.event(serial_number=f"L{n}", generated_at=None) for n in range(3)]
+    testing.produce(settings, later)
+    again = CollectColumns(settings)
+    testing.consume(again, settings)
+    assert again.written == later and [len(batch) for batch in again.batches] == [3]
+    columns = again.batches[0].columns
+    assert columns == Columns.of(columns.items())
+    assert columns.fields["received_at"] == [event.to_record()["received_at"] for event in later]  # microseconds
+    assert columns.fields["generated_at"] == [None] * 3 and columns.fields["serial_number"] == ["L0", "L1", "L2"]
 
 
 def test_offsets_are_committed_after_the_write_so_a_restart_reads_only_new_events(kafka_bootstrap: str) -> None:

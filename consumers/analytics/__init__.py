@@ -17,15 +17,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import TopicPartition
 
 from passpost.consumers.analytics import serving
-from passpost.consumers.analytics.columns import COLUMNS, columns_of
+from passpost.consumers.analytics.columns import COLUMNS, KEY, TIMESTAMP_COLUMNS, columns_of
 from passpost.consumers.analytics.store import Store, StoreUnavailable, extra_json, open_store
-from passpost.consumers.runtime import Batch, Consumer, Item, PoisonBatch, RetryLater, identity
+from passpost.consumers.runtime import Batch, Columns, Consumer, Item, PoisonBatch, RetryLater, identity
 from passpost.consumers.runtime.health import Route
 from passpost.errors import one_line
 from passpost.schemas.event import PassPostback
@@ -56,9 +56,17 @@ def _hmac(inner: Any, outer: Any, value: str) -> str:
 _SHA256_BLOCK = 64
 
 
+def _datetime(micros: int | None) -> datetime | None:
+    return None if micros is None else _EPOCH + timedelta(microseconds=micros)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 class AnalyticsConsumer(Consumer):
     name = "analytics"
     stores_offsets = True
+    columnar = True  # the table takes columns: no PassPostback per event (see the runtime's Consumer)
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -121,11 +129,7 @@ class AnalyticsConsumer(Consumer):
 
     async def write(self, batch: Batch) -> None:
         assert self.store is not None
-        items: dict[str, Item] = {}
-        for item in batch:
-            # The first delivery of an event_id in the batch wins, as the first in the table does.
-            items.setdefault(item.event.event_id, item)
-        columns = self.columns(list(items.values()))
+        columns = self.columns(batch.columns)
         offsets = {(tp.topic, tp.partition): offset for tp, offset in batch.next_offsets.items()}
         store = self.store
         retried: tuple[type[BaseException], ...] = (StoreUnavailable, *store.driver_errors)
@@ -147,22 +151,30 @@ class AnalyticsConsumer(Consumer):
         inner, outer = self._pads
         return [None if value is None else "hmac-sha256:" + _hmac(inner, outer, value) for value in values]
 
-    def columns(self, items: Sequence[Item]) -> dict[str, list[Any]]:
-        """The batch's columns in ``columns.COLUMNS`` order, built by field name (one list per column: the
-        stores take them as they are, without a Python object per value)."""
-        events = [item.event for item in items]
-        return columns_of(events, {
-            # _value_, not the enum's value property: a plain attribute, 3 times cheaper.
-            "outcome": [event.outcome._value_ for event in events],
-            "reference_value": self.references([event.reference_value for event in events]),
+    def columns(self, batch: Columns | Sequence[Item]) -> dict[str, list[Any]]:
+        """The batch's columns as the store takes them (``Store.write``), in ``columns.COLUMNS`` order, built by
+        field name from the decoded columns (one list per column: no Python object per row); the first delivery
+        of an ``event_id`` in the batch wins, as the first in the table does."""
+        if not isinstance(batch, Columns):
+            batch = Columns.of(batch)
+        ids = batch.fields[KEY]
+        if len(set(ids)) != len(ids):
+            first: dict[str, int] = {}
+            for row, event_id in enumerate(ids):
+                first.setdefault(event_id, row)
+            batch = batch.select(sorted(first.values()))
+        fields = batch.fields
+        return columns_of(fields, {
+            "reference_value": self.references(fields["reference_value"]),
             # Most events have no extra entries: "{}" is what extra_json makes of them, without a call.
-            "extra": [extra_json(extra) if extra else "{}" for extra in (event.extra for event in events)],
-        }, [item.topic for item in items], [item.partition for item in items], [item.offset for item in items])
+            "extra": [extra_json(extra) if extra else "{}" for extra in fields["extra"]],
+        }, batch.topics, batch.partitions, batch.offsets)
 
     def row(self, event: PassPostback, topic: str, partition: int, offset: int) -> tuple[Any, ...]:
-        """The event's row in ``columns.COLUMNS`` order, built by field name."""
+        """The event's row in ``columns.COLUMNS`` order, built by field name; timestamps as aware datetimes."""
         columns = self.columns([Item(event, topic, partition, offset)])
-        return tuple(columns[name][0] for name in COLUMNS)
+        return tuple(_datetime(columns[name][0]) if name in TIMESTAMP_COLUMNS else columns[name][0]
+                     for name in COLUMNS)
 
     async def close(self) -> None:
         if self._duckdb is not None:

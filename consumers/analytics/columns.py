@@ -2,7 +2,8 @@
 
 The schema is the one place the event's fields are written out: every field becomes a
 column of the same name, in the same order, typed from its Avro type (strings and enum
-symbols ``TEXT``, timestamps the store's timestamp type, the ``extra`` map the store's
+symbols ``TEXT``, timestamps the store's timestamp type (given to the store as integer microseconds since the
+epoch, UTC, as the wire has them), the ``extra`` map the store's
 JSON type; a field that may be null is nullable), followed by where the event was read
 (``kafka_topic``, ``kafka_partition``, ``kafka_offset``). A batch's columns are built by
 name (``columns_of``), so a field added to, moved in or removed from the schema cannot shift
@@ -11,8 +12,7 @@ values into another column.
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from passpost.schemas.codec import SCHEMA
@@ -47,6 +47,8 @@ SQL_TYPES: dict[str, str] = {name: sql for name, sql, _ in (*_EVENT_FIELDS, *KAF
 TIMESTAMP_COLUMNS = tuple(name for name, sql, _ in _EVENT_FIELDS if sql == "{ts}")
 JSON_COLUMNS = tuple(name for name, sql, _ in _EVENT_FIELDS if sql == "{json}")
 KEY = "event_id"
+#: Columns that may hold null.
+NULLABLE = tuple(name for name, _, nullable in (*_EVENT_FIELDS, *KAFKA_COLUMNS) if nullable)
 
 
 def table_definition() -> str:
@@ -58,14 +60,10 @@ def table_definition() -> str:
     return f"CREATE TABLE IF NOT EXISTS pass_postbacks ({', '.join(columns)})"
 
 
-_GETTERS = {name: operator.attrgetter(name) for name in EVENT_COLUMNS}
-
-
-def columns_of(events: Sequence[Any], replaced: dict[str, list[Any]], topics: list[str], partitions: list[int],
-               offsets: list[int]) -> dict[str, list[Any]]:
-    """The columns of a batch, ``COLUMNS`` order: each field's values taken by name from ``events``, except
-    those ``replaced``, then where each event was read."""
-    columns = {name: replaced[name] if name in replaced else list(map(getter, events))
-               for name, getter in _GETTERS.items()}
+def columns_of(fields: Mapping[str, list[Any]], replaced: dict[str, list[Any]], topics: list[str],
+               partitions: list[int], offsets: list[int]) -> dict[str, list[Any]]:
+    """The columns of a batch, ``COLUMNS`` order: each event field's values taken by name from ``fields`` (one
+    list per field of the event schema), except those ``replaced``, then where each event was read."""
+    columns = {name: replaced[name] if name in replaced else fields[name] for name in EVENT_COLUMNS}
     columns.update(kafka_topic=topics, kafka_partition=partitions, kafka_offset=offsets)
     return columns

@@ -17,6 +17,7 @@ Schema (both stores):
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import os
 import secrets
@@ -25,7 +26,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from passpost.consumers.analytics.columns import COLUMNS, JSON_COLUMNS, KEY, SQL_TYPES, table_definition
+from passpost.consumers.analytics.columns import (
+    COLUMNS,
+    JSON_COLUMNS,
+    KEY,
+    NULLABLE,
+    SQL_TYPES,
+    TIMESTAMP_COLUMNS,
+    table_definition,
+)
 from passpost.errors import PasspostError
 
 # Derived from the event schema (columns.py): the .avsc is the one list of the event's fields.
@@ -151,7 +160,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def write(self, columns: Mapping[str, Sequence[Any]], offsets: dict[tuple[str, int], int]) -> None:
         """Insert the rows whose values ``columns`` hold by column name (every column of ``COLUMNS``, lists of
-        the same length; a known ``event_id`` is skipped) and upsert ``offsets``, in one transaction."""
+        the same length; timestamps as integer microseconds since the epoch, UTC; a known ``event_id`` is
+        skipped) and upsert ``offsets``, in one transaction."""
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -185,33 +195,37 @@ class DuckDBStore(Store):
     """One writer process per file (DuckDB's own lock); timestamps are naive UTC ``TIMESTAMP``."""
 
     def __init__(self, path: str, *, read_only: bool = False, arrow: bool | None = None) -> None:
-        """``arrow``: write batches through pyarrow (the ``arrow`` extra): None, when it is installed."""
+        """``arrow``: write batches through pyarrow (the ``arrow`` extra) when true; else (None, False) as
+        tab-separated text DuckDB's CSV reader parses (see ``write``)."""
         import duckdb
 
         self._duckdb = duckdb
         self.poison_errors = (duckdb.ConversionException, duckdb.ConstraintException, duckdb.InvalidInputException)
         self._pyarrow: Any = None
-        if arrow or (arrow is None and not read_only):
-            try:
-                # 163 MB installed and ~47 MiB of the process's memory: an extra, imported by this store only.
-                import pyarrow
-            except ImportError:
-                if arrow:
-                    raise
-            else:
-                self._pyarrow = pyarrow
-                # A value Arrow cannot hold (a string that is not UTF-8) will never go in either.
-                self.poison_errors += (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError, UnicodeError)
-                arrow_types = {"TEXT": pyarrow.string(), "{json}": pyarrow.string(), "INTEGER": pyarrow.int32(),
-                               "BIGINT": pyarrow.int64(), "{ts}": pyarrow.timestamp("us", tz="UTC")}
-                self._schema = pyarrow.schema([(name, arrow_types[SQL_TYPES[name]]) for name in COLUMNS])
-        # Timestamps arrive as TIMESTAMPTZ (UTC, the session's time zone) for naive UTC TIMESTAMP columns.
+        if arrow:
+            # 163 MB installed and ~47 MiB of the process's memory: an extra, imported by this store only.
+            import pyarrow
+
+            self._pyarrow = pyarrow
+            # A value Arrow cannot hold (a string that is not UTF-8) will never go in either.
+            self.poison_errors += (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError, UnicodeError)
+            arrow_types = {"TEXT": pyarrow.string(), "{json}": pyarrow.string(), "INTEGER": pyarrow.int32(),
+                           "BIGINT": pyarrow.int64(), "{ts}": pyarrow.int64()}
+            self._schema = pyarrow.schema([(name, arrow_types[SQL_TYPES[name]]) for name in COLUMNS])
+        # Timestamps arrive as microseconds since the epoch (UTC) for naive UTC TIMESTAMP columns.
         select = ", ".join(f"{name}::JSON" if name in JSON_COLUMNS else
-                           f"{name}::TIMESTAMP" if SQL_TYPES[name] == "{ts}" else name for name in COLUMNS)
+                           f"make_timestamp({name})" if SQL_TYPES[name] == "{ts}" else name for name in COLUMNS)
         self._insert_arrow = f"INSERT INTO pass_postbacks SELECT {select} FROM incoming"
-        # Without pyarrow: the column lists unnested side by side, one statement per batch.
+        # The column lists unnested side by side, one statement per batch: what text cannot carry.
         unnested = ", ".join(f"unnest(${n + 1}) AS {name}" for n, name in enumerate(COLUMNS))
         self._insert_lists = f"INSERT INTO pass_postbacks SELECT {select} FROM (SELECT {unnested})"
+        self._text = f"{path}.incoming.tsv" if path != ":memory:" else None
+        text_types = {"TEXT": "VARCHAR", "{json}": "VARCHAR", "INTEGER": "INTEGER", "BIGINT": "BIGINT",
+                      "{ts}": "BIGINT"}
+        text_columns = ", ".join(f"'{name}': '{text_types[SQL_TYPES[name]]}'" for name in COLUMNS)
+        self._insert_text = (f"INSERT INTO pass_postbacks SELECT {select} FROM read_csv($1, delim = '\t', "
+                             "quote = '', escape = '', nullstr = '\\N', header = false, auto_detect = false, "
+                             f"max_line_size = $2, columns = {{{text_columns}}})")
         self.driver_errors = (duckdb.Error,)
         directory = os.path.dirname(os.path.abspath(path))
         try:
@@ -242,14 +256,21 @@ class DuckDBStore(Store):
         return super()._since(now).replace(tzinfo=None)
 
     def write(self, columns: Mapping[str, Sequence[Any]], offsets: dict[tuple[str, int], int]) -> None:
-        # With pyarrow, the columns as one Arrow table that DuckDB scans in place: Python makes one C array
-        # per column, no Python object per value (DuckDB's conversion of parameter lists holds the GIL for
-        # ~7 us a row while the event loop has the next batch to decode; see BENCHMARKS.md).
-        table, params, insert = None, None, None
+        # DuckDB converts parameter lists value by value holding the GIL (~7 us a row, while the event loop has
+        # the next batch to decode; see BENCHMARKS.md). Instead the batch goes in as one tab-separated text that
+        # its CSV reader parses in its own threads (Python joins it in C: ~1 us a row), or, with pyarrow, as one
+        # Arrow table it scans in place. Values text cannot carry (a tab, a line break, "\N") take the lists.
+        table: Any = None
+        params: list[Any] | None = None
+        insert: str | None = None
         if columns[KEY] and self._pyarrow is not None:
             table, insert = self._arrow(columns), self._insert_arrow
         elif columns[KEY]:
-            params, insert = [list(columns[name]) for name in COLUMNS], self._insert_lists
+            text = self._write_text(columns)
+            if text is not None:
+                params, insert = [self._text, max(_DUCKDB_LINE, text)], self._insert_text
+            else:
+                params, insert = [list(columns[name]) for name in COLUMNS], self._insert_lists
         try:
             self._write(table, params, offsets, insert)
         except self._duckdb.ConstraintException:
@@ -257,7 +278,35 @@ class DuckDBStore(Store):
             # an event_id already stored (a redelivery) makes it fail: the batch again, skipping those.
             self._write(table, params, offsets, insert and insert + " ON CONFLICT (event_id) DO NOTHING")
 
-    def _write(self, table: Any, params: list[list[Any]] | None, offsets: dict[tuple[str, int], int],
+    def _write_text(self, columns: Mapping[str, Sequence[Any]]) -> int | None:
+        """Write the batch to ``self._text`` as tab-separated lines, null as ``\\N``; its size in bytes, or None
+        when a value would not read back the same (a tab, a line break, a ``\\N``, a NUL, a leading BOM)."""
+        if self._text is None:
+            return None
+        fields: list[Sequence[Any]] = []
+        for name in COLUMNS:
+            values = columns[name]
+            if SQL_TYPES[name] in _NUMERIC:
+                fields.append(list(map(str, values)) if name not in NULLABLE else
+                              [_NULL if value is None else str(value) for value in values])
+            else:
+                fields.append([_NULL if value is None else value for value in values] if name in NULLABLE
+                              else values)
+        text = "\n".join(map("\t".join, zip(*fields, strict=True)))
+        rows = len(columns[KEY])
+        nulls = sum(list(columns[name]).count(None) for name in NULLABLE)
+        if (text.count("\t") != rows * (len(COLUMNS) - 1) or text.count("\n") != rows - 1 or "\r" in text
+                or "\0" in text or text.count(_NULL) != nulls or text.startswith("\ufeff")):
+            return None
+        try:
+            data = (text + "\n").encode()
+        except UnicodeError:  # a lone surrogate: the lists say why it cannot go in
+            return None
+        with open(self._text, "wb") as file:
+            file.write(data)
+        return len(data)
+
+    def _write(self, table: Any, params: list[Any] | None, offsets: dict[tuple[str, int], int],
                insert: str | None) -> None:
         con = self.connection
         if table is not None:
@@ -290,6 +339,14 @@ class DuckDBStore(Store):
 
     def close(self) -> None:
         self.connection.close()
+        if self._text is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self._text)
+
+
+_NUMERIC = ("{ts}", "INTEGER", "BIGINT")
+_NULL = "\\N"
+_DUCKDB_LINE = 2 * 1024 * 1024  # read_csv's default max_line_size
 
 
 class PostgresStore(Store):
@@ -327,7 +384,8 @@ class PostgresStore(Store):
         # reconnects (or raises StoreUnavailable, which is retried too).
         if self.connection.closed or self.connection.broken:
             self.connection = self._connect()
-        rows = list(zip(*(columns[name] for name in COLUMNS))) if columns[KEY] else []
+        rows = list(zip(*(_datetimes(columns[name]) if name in TIMESTAMP_COLUMNS else columns[name]
+                          for name in COLUMNS))) if columns[KEY] else []
         try:
             self._write(rows, offsets, known_ids=False)
         except self._psycopg.errors.UniqueViolation:
@@ -365,6 +423,15 @@ def open_store(dsn: str, *, read_only: bool = False, arrow: bool | None = None) 
     if dsn.startswith("duckdb:///"):
         return DuckDBStore(dsn.removeprefix("duckdb:///"), read_only=read_only, arrow=arrow)
     return PostgresStore(dsn)
+
+
+def _datetimes(micros: Sequence[int | None]) -> list[datetime | None]:
+    """Microseconds since the epoch as aware UTC datetimes (what psycopg writes as TIMESTAMPTZ)."""
+    epoch, delta = _EPOCH, timedelta
+    return [None if value is None else epoch + delta(microseconds=value) for value in micros]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _identity_name(topic: str) -> str:

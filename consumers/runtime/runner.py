@@ -29,13 +29,13 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from passpost.consumers.runtime.backoff import Backoff, Retry
-from passpost.consumers.runtime.consumer import Batch, Consumer, Item
+from passpost.consumers.runtime.consumer import Batch, Columns, Consumer, Item
 from passpost.consumers.runtime.dead_letters import DeadLetters
 from passpost.consumers.runtime.errors import CannotRun, PoisonBatch, RetryLater
 from passpost.consumers.runtime.health import ConsumerMetrics, serve_health
 from passpost.errors import ConfigurationError
 from passpost.kafka import KafkaUnavailable, client_options, describe, start_client
-from passpost.schemas.codec import DecodeError, decode
+from passpost.schemas.codec import DecodeError, decode, decode_columns
 from passpost.schemas.registry import RegistryConfig, RegistryMetrics, RegistryResolver
 from passpost.settings import Settings
 from passpost.topic_metadata import TopicIdsUnsupported, TopicMetadata
@@ -301,15 +301,17 @@ class Runner:
 
     async def _prepare(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> tuple[Batch, _Records]:
         """The batch, and its records by (partition, offset), should the sink find it poison."""
-        items: list[Item] = []
-        next_offsets: dict[TopicPartition, int] = {}
         if self._resolver is not None and not await self._resolver.learn(
                 (record.value for records in fetched.values() for record in records), self.stopping):
             raise _Stopped  # stopped while the registry did not answer: nothing of this batch is used
+        next_offsets = {tp: records[-1].offset + 1 for tp, records in fetched.items()}
+        if self.consumer.columnar:
+            return Batch(columns=await self._columns(fetched), next_offsets=next_offsets), _Records(fetched)
+        items: list[Item] = []
         # Called for every event: skipped when the consumer keeps the base class's (which refuses none).
         validate = None if type(self.consumer).validate is Consumer.validate else self.consumer.validate
         resolver, append = self._resolver, items.append
-        for tp, records in fetched.items():
+        for records in fetched.values():
             for record in records:
                 try:
                     event = decode(record.value, resolver=resolver)
@@ -321,8 +323,28 @@ class Runner:
                     await self._dead_letter(record, "rejected", reason)
                     continue
                 append(Item(event, record.topic, record.partition, record.offset))
-            next_offsets[tp] = records[-1].offset + 1
         return Batch(items, next_offsets), _Records(fetched)
+
+    async def _columns(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> Columns:
+        """The batch decoded field by field (``Consumer.columnar``): no event object per record."""
+        records = [record for batch in fetched.values() for record in batch]
+        decoded = decode_columns([record.value for record in records], resolver=self._resolver)
+        for index, error in decoded.errors:
+            await self._dead_letter(records[index], "undecodable", str(error))
+        if decoded.decoded is not None:
+            records = [records[index] for index in decoded.decoded]
+        columns = Columns(decoded.fields, [record.topic for record in records],
+                          [record.partition for record in records], [record.offset for record in records])
+        if type(self.consumer).validate is Consumer.validate:
+            return columns
+        kept = []
+        for row, item in enumerate(columns.items()):
+            reason = self.consumer.validate(item.event)
+            if reason is not None:
+                await self._dead_letter(records[row], "rejected", reason)
+            else:
+                kept.append(row)
+        return columns if len(kept) == len(columns) else columns.select(kept)
 
     async def _finish(self, batch: Batch, records: _Records, started: float) -> None:
         await self._write_isolating(batch, records)
