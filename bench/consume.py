@@ -1,6 +1,6 @@
 """The consumer benchmark: `passpost consume analytics` draining a backlog into DuckDB and PostgreSQL.
 
-    python -m bench.consume [--events 1000000] [--partitions 6] [--skip-postgres]
+    python -m bench.consume [--events 1000000] [--partitions 6] [--skip-postgres] [--skip-duckdb]
 
 What one run does (figures in BENCHMARKS.md):
 
@@ -163,6 +163,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--skip-duckdb", action="store_true")
     args = parser.parse_args()
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="passpost-bench-")))
@@ -179,10 +180,12 @@ def main() -> int:
         rate, cpu = asyncio.run(bare_loop(bootstrap, topic, args.events))
         rows = [("bare aiokafka getmany + decode", rate, None, cpu)]
         print(f"bare loop: {rate:,.0f} events/s, {cpu * 1e6:.1f} us CPU an event", flush=True)
-        rate, rss, cpu = drain(bootstrap, topic, f"duckdb:///{work}/analytics.duckdb", args.events,
-                               work / "duckdb.log")
-        rows.append(("`passpost consume analytics`, DuckDB", rate, rss, cpu))
-        print(f"DuckDB: {rate:,.0f} events/s, peak RSS {rss:.0f} MiB, {cpu * 1e6:.1f} us CPU an event", flush=True)
+        if not args.skip_duckdb:
+            rate, rss, cpu = drain(bootstrap, topic, f"duckdb:///{work}/analytics.duckdb", args.events,
+                                   work / "duckdb.log")
+            rows.append(("`passpost consume analytics`, DuckDB", rate, rss, cpu))
+            print(f"DuckDB: {rate:,.0f} events/s, peak RSS {rss:.0f} MiB, {cpu * 1e6:.1f} us CPU an event",
+                  flush=True)
         if not args.skip_postgres:
             server = PostgresServer()
             server.start()
