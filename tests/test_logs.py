@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import random
+import subprocess
+import sys
+import threading
+import time
 
-from passpost.logs import JsonFormatter, TextFormatter
+from passpost.logs import BatchingStreamHandler, JsonFormatter, TextFormatter
 
 
 def record(message: str = "request", **fields: object) -> logging.LogRecord:
@@ -37,3 +43,63 @@ def test_a_coordinator_not_yet_available_is_not_an_error_line(capsys) -> None:  
     coordinator.error("Heartbeat session expired - marking coordinator dead")
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and "ERROR" in lines[0] and "Heartbeat session expired" in lines[0]
+
+
+def test_json_time_is_what_datetime_writes_for_every_millisecond_edge() -> None:
+    from datetime import datetime, timezone
+
+    formatter = JsonFormatter()
+    rng = random.Random(5)
+    instants = [1764616091.0, 1764616091.9995, 1764616091.9999996, 1764616092.0004999, 0.0005, 86399.9999999]
+    instants += [rng.uniform(0, 4e9) for _ in range(20_000)]
+    for created in instants:
+        expected = datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="milliseconds")
+        assert formatter._utc_time(created) == expected, created
+
+
+def stream_handler() -> tuple[BatchingStreamHandler, io.StringIO, logging.Logger]:
+    stream = io.StringIO()
+    handler = BatchingStreamHandler(stream)
+    handler.setFormatter(TextFormatter())
+    logger = logging.getLogger(f"test-batching-{random.random()}")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return handler, stream, logger
+
+
+def test_info_lines_are_written_within_the_flush_interval_without_more_logging() -> None:
+    handler, stream, logger = stream_handler()
+    logger.info("first")
+    logger.info("second")
+    deadline = time.monotonic() + 5 * BatchingStreamHandler.FLUSH_SECONDS + 1
+    while "second" not in stream.getvalue():
+        assert time.monotonic() < deadline, "the batch was never written"
+        time.sleep(0.01)
+    assert [line.split()[-1] for line in stream.getvalue().splitlines()] == ["first", "second"]
+
+
+def test_a_warning_is_written_at_once_with_every_line_before_it() -> None:
+    handler, stream, logger = stream_handler()
+    handler._flusher = threading.Thread()  # no periodic flush in this test: only the warning writes
+    logger.info("queued")
+    assert stream.getvalue() == ""
+    logger.warning("trouble")
+    assert [line.split()[-1] for line in stream.getvalue().splitlines()] == ["queued", "trouble"]
+
+
+def test_a_full_batch_is_written_without_waiting() -> None:
+    handler, stream, logger = stream_handler()
+    handler._flusher = threading.Thread()
+    line = "x" * 1000
+    for _ in range(BatchingStreamHandler.FLUSH_BYTES // 1000 + 1):
+        logger.info(line)
+    written = stream.getvalue()
+    assert len(written) >= BatchingStreamHandler.FLUSH_BYTES and written.endswith("\n")
+
+
+def test_shutdown_writes_what_is_waiting(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    script = ("import logging\nfrom passpost.logs import configure\nconfigure('json', 'info')\n"
+              "for n in range(3): logging.getLogger('passpost.access').info('request', extra={'fields': {'n': n}})\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert [json.loads(line)["n"] for line in result.stderr.splitlines()] == [0, 1, 2]
