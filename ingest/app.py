@@ -79,7 +79,8 @@ class Answer:
     def accepted(cls, event_ids: list[str]) -> Answer:
         # The same bytes JSONResponse would render ({"events":N,"event_ids":[...]}, compact): event
         # ids are hex digests, which JSON holds without escapes, so no encoder is needed.
-        body = b'{"events":%d,"event_ids":[%s]}' % (len(event_ids), ",".join(f'"{i}"' for i in event_ids).encode())
+        ids = f'"{event_ids[0]}"' if len(event_ids) == 1 else ",".join(f'"{i}"' for i in event_ids)
+        body = b'{"events":%d,"event_ids":[%s]}' % (len(event_ids), ids.encode())
         return cls(200, [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")], body,
                    log_fields={"events": len(event_ids)})
 

@@ -81,7 +81,8 @@ class Postback:
         # XML 1.0 text cannot hold U+001E or U+001F, so they separate unambiguously.
         parts = [f"{k}\x1f{v}" for k, v in sorted(self.fields.items()) if v is not None]
         parts.append("\x1e")
-        parts.extend(f"{k}\x1f{v}" for k, v in sorted(self.extra.items()))
+        if self.extra:
+            parts.extend(f"{k}\x1f{v}" for k, v in sorted(self.extra.items()))
         return hashlib.sha256("\x1e".join(parts).encode("utf-8")).hexdigest()[:32]
 
     def to_event(self, received_at: datetime) -> PassPostback:
@@ -118,7 +119,7 @@ class OutputBudget:
     BODY_FACTOR = 2
     PER_ITEM = 1024
 
-    __slots__ = ("body_bytes", "items", "max_items", "spent")
+    __slots__ = ("allowed", "body_bytes", "items", "max_items", "spent")
 
     def __init__(self, body_bytes: int, max_items: int = 1000) -> None:
         self.body_bytes = body_bytes
@@ -126,13 +127,11 @@ class OutputBudget:
         self.max_items = max_items
         self.items = 0
         self.spent = 0
-
-    @property
-    def allowed(self) -> int:
-        return self.BODY_FACTOR * self.body_bytes + self.PER_ITEM * self.items
+        self.allowed = self.BODY_FACTOR * body_bytes  # grows by PER_ITEM with each item
 
     def item(self) -> None:
         self.items += 1
+        self.allowed += self.PER_ITEM
         if self.items > self.max_items:
             raise Rejected(413, "too_many_items", f"The request holds more than {self.max_items} postbacks.")
 
@@ -340,6 +339,9 @@ def _read_level(element: etree._Element, budget: OutputBudget, skip: str | None 
     extra: dict[str, str] = {}
     spent = budget.spent
     _read_attributes(element, "", extra, budget)
+    # The known fields' values are spent together after the loop: their sum is bounded by the
+    # body, and nothing else in the loop can fail but the budget, so the outcome is the same.
+    values = 0
     seen: dict[str, int] = {}
     for child in element:
         name = _name(child)
@@ -351,11 +353,12 @@ def _read_level(element: etree._Element, budget: OutputBudget, skip: str | None 
             text = child.text
             fields[field] = value = text.strip() or None if text else None
             if value is not None:
-                budget.spend(len(value))
+                values += len(value)
             if child.attrib:
                 _read_attributes(child, name + "/", extra, budget)
         else:
             _flatten(child, name if count == 1 else f"{name}[{count}]", extra, budget)
+    budget.spend(values)
     return _Level(fields, extra, budget.spent - spent)
 
 
