@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +33,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from passpost.ingest.metrics import IngestMetrics
+from passpost.ingest.middleware import new_request_id
 from passpost.settings import Settings
 
 access_log = logging.getLogger("passpost.access")
@@ -269,7 +269,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._disarm()
         self.metrics.refusals.labels(refusal.code).inc()
         if logged and access_log.isEnabledFor(logging.INFO):
-            fields = {"request_id": os.urandom(16).hex(), "status": refusal.status, "error": refusal.code}
+            fields = {"request_id": new_request_id(), "status": refusal.status, "error": refusal.code}
             access_log.info("request refused", extra={"fields": fields})
         if self.transport.is_closing():
             return

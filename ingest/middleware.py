@@ -121,6 +121,11 @@ def request_id_of(scope: Scope) -> str:
             if _SANE_REQUEST_ID.match(candidate):
                 return candidate
             break
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    """32 hex digits, unique across processes and restarts."""
     return f"{_PROCESS_ID}{next(_SEQUENCE):016x}"
 
 

@@ -399,3 +399,39 @@ def test_refusals_are_counted_and_logged_with_their_code(server: Server) -> None
     while '"error": "uri_too_long"' not in server.log() and "error=uri_too_long" not in server.log():
         assert time.monotonic() < deadline, server.log()[-3000:]
         time.sleep(0.05)
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_sent(server: Server) -> None:
+    body = postback("continue-1")
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"POST /postbacks/passes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                     + b"\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        sock.settimeout(10)
+        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        response, _ = read_until_closed_or_answered(sock)
+    assert status_of(response) == 200, response
+
+
+def test_a_head_request_gets_its_head_alone(server: Server) -> None:
+    response, _ = server.raw(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 ") and response.endswith(b"\r\n\r\n"), response
+
+
+def read_until_closed_or_answered(sock: socket.socket) -> tuple[bytes, float]:
+    received = b""
+    started = time.monotonic()
+    while b"\r\n\r\n" not in received or len(received.split(b"\r\n\r\n", 1)[1]) < _content_length(received):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    return received, time.monotonic() - started
+
+
+def _content_length(response: bytes) -> int:
+    for line in response.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
