@@ -51,6 +51,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -115,6 +116,8 @@ class Report:
     bare: WrkResult | None = None
     ingress_rss_mib: float | None = None
     workers: WrkResult | None = None  # passpost serve --workers N, driven like the ingress
+    ingress_cores: CoresBusy | None = None
+    workers_cores: CoresBusy | None = None
     ingress_cpu_ms: float | None = None  # process CPU per request answered during the measured run
     well_formed: WrkResult | None = None  # the same server posted bench/well_formed_example.xml
     well_formed_cpu_ms: float | None = None
@@ -177,6 +180,42 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time the process has used so far (from /proc, in clock ticks)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CoresBusy:
+    """How many cores each party kept busy during a measured run (CPU seconds over wall seconds)."""
+
+    server: float
+    broker: float | None  # None: a configured broker, not a process of this run
+    wrk: float
+    machine: float  # every process's, this run's and others' (/proc/stat)
+
+    def __str__(self) -> str:
+        broker = "" if self.broker is None else f", the broker {self.broker:.2f}"
+        return (f"the server {self.server:.2f}{broker}, wrk {self.wrk:.2f}; the whole machine {self.machine:.2f} "
+                f"of {os.cpu_count()}")
+
+
+def cores_busy(server_pids: list[int], kafka: Any, action: Callable[[], Any]) -> tuple[Any, CoresBusy]:
+    """Run ``action`` and measure the cores that the server's processes, the local broker and wrk
+    (the children this process waits for) kept busy meanwhile."""
+    broker_pid = None if kafka is None else kafka.pid
+
+    def cpu() -> tuple[float, float, float, float]:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # /proc/stat's first line: jiffies of all cores by state; idle and iowait are the idle ones.
+        jiffies = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        busy = (sum(jiffies[:8]) - jiffies[3] - jiffies[4]) / os.sysconf("SC_CLK_TCK")
+        return (sum(cpu_seconds(pid) for pid in server_pids),
+                cpu_seconds(broker_pid) if broker_pid is not None else 0.0, children.ru_utime + children.ru_stime,
+                busy)
+
+    started, before = time.monotonic(), cpu()
+    result = action()
+    wall, after = time.monotonic() - started, cpu()
+    server, broker, wrk, machine = ((end - start) / wall for start, end in zip(before, after))
+    return result, CoresBusy(server, None if broker_pid is None else broker, wrk, machine)
 
 
 def child_pids(pid: int) -> list[int]:
@@ -491,7 +530,9 @@ def run(options: argparse.Namespace) -> Report:
             warm_200s = settle(port)
             log(f"driving the ingress for {options.duration} s at {options.connections} connections")
             cpu_before = cpu_seconds(ingress.server_pid)
-            report.ingress, _ = run_wrk(wrk, options, port, script, wrk_arguments, options.duration)
+            (report.ingress, _), report.ingress_cores = cores_busy(
+                [ingress.server_pid], kafka,
+                lambda: run_wrk(wrk, options, port, script, wrk_arguments, options.duration))
             ingress_cpu = cpu_seconds(ingress.server_pid) - cpu_before
             report.ingress_rss_after_wrk_mib = peak_rss_mib(ingress.server_pid)
             # Totals since the topic was created (warm-up included): these two must be equal.
@@ -536,7 +577,9 @@ def run(options: argparse.Namespace) -> Report:
             try:
                 run_wrk(wrk, options, port, script, wrk_arguments, WARMUP_SECONDS)
                 log(f"driving {options.workers} workers for {options.duration} s at {options.connections} connections")
-                report.workers, _ = run_wrk(wrk, options, port, script, wrk_arguments, options.duration)
+                pids = [several.server_pid, *child_pids(several.server_pid)]
+                (report.workers, _), report.workers_cores = cores_busy(
+                    pids, kafka, lambda: run_wrk(wrk, options, port, script, wrk_arguments, options.duration))
             finally:
                 several.stop()
 
@@ -619,10 +662,12 @@ def print_report(report: Report, options: argparse.Namespace) -> bool:
     print(f"process CPU per request: ingress {report.ingress_cpu_ms:.3f} ms"
           + (f" (well-formed body {report.well_formed_cpu_ms:.3f} ms)" if report.well_formed_cpu_ms else "")
           + f", bare {report.bare_cpu_ms:.3f} ms")
+    if report.ingress_cores is not None:
+        print(f"cores busy while the ingress ran (vendor's example): {report.ingress_cores}")
     if report.workers is not None:
         print(f"passpost serve --workers {options.workers}: {report.workers.rps:.0f} requests/s "
               f"({report.workers.rps / ingress.rps:.2f} x one process), p99 {report.workers.p99_ms:.1f} ms, "
-              f"non-200 {report.workers.status_other}")
+              f"non-200 {report.workers.status_other}; cores busy: {report.workers_cores}")
     print(f"ingress answers 200 seen by wrk: {ingress.status_200}; answered 200 by the server (also those in "
           f"flight when wrk stopped): {report.server_200s}; events on the topic: {report.events_on_topic}")
     print(f"since the topic was created (warm-up included): answered 200 {report.server_200s_total}, "

@@ -624,6 +624,12 @@ class LocalKafka:
             self._note("killing the broker (SIGKILL)")
         self._process.kill()
 
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (the benchmarks measure its CPU)."""
+        popen = self._process.popen
+        return None if popen is None else popen.pid
+
     def pause(self) -> None:
         """Freeze the broker (SIGSTOP): connections stay open and nothing is answered, as
         with a broker stuck in a long GC pause or on a partitioned network."""
