@@ -11,6 +11,7 @@ the event id, derived from the content, makes the duplicate recognisable downstr
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -102,37 +103,65 @@ def _count_late(late: Callable[[int], None] | None, future: asyncio.Future[Any])
 _BROKEN_PRODUCER_STATE = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, ProducerFenced)
 
 
-class _Deadline:
-    """Cancels the task that made it after ``seconds``, unless cancelled first.
+class _Wait:
+    """One ``publish`` waiting on Kafka, watched by ``_Deadlines``."""
 
-    What ``asyncio.timeout`` does for ``publish``, at half its CPU (2.3 against 4.2 µs, and
-    it runs once per request): one timer and one look-up of the running loop, where
-    ``asyncio.timeout`` makes three (Python 3.11 checks ``os.getpid()`` in each) and keeps
-    state for nesting and rescheduling that ``publish`` does not use. ``expired()`` tells
-    the deadline's cancellation from any other: only the deadline's becomes a refusal."""
+    __slots__ = ("cancelling", "deadline", "expired", "task")
 
-    __slots__ = ("_cancelling", "_expired", "_task", "_timer")
+    def __init__(self, deadline: float, task: asyncio.Task[Any] | None) -> None:
+        self.deadline = deadline
+        self.task = task  # None once the wait is over
+        self.cancelling = 0 if task is None else task.cancelling()
+        self.expired = False
 
-    def __init__(self, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task(loop)
-        assert task is not None, "a deadline is for code running in a task"
-        self._task = task
-        self._cancelling = task.cancelling()
-        self._expired = False
-        self._timer = loop.call_later(seconds, self._expire)
-
-    def _expire(self) -> None:
-        self._expired = True
-        self._task.cancel()
-
-    def expired(self) -> bool:
+    def timed_out(self) -> bool:
         """After a CancelledError: True if the deadline caused it and nothing else asked to cancel
         the task meanwhile (its cancellation is then withdrawn, so the task carries on)."""
-        return self._expired and self._task.uncancel() <= self._cancelling
+        return self.expired and self.task is not None and self.task.uncancel() <= self.cancelling
 
-    def cancel(self) -> None:
-        self._timer.cancel()
+    def finish(self) -> None:
+        self.task = None
+
+
+class _Deadlines:
+    """Cancels every ``publish`` still waiting ``seconds`` after it began: one sweep every
+    ``SWEEP_SECONDS`` for all of them, as ingest/connection.py times out connections.
+
+    ``asyncio.timeout`` cost 4.2 µs a request, a timer of its own 2.3 µs (arming and
+    cancelling it, and finding the task: Python 3.11 checks ``os.getpid()`` whenever the
+    running loop is asked for); appending to a queue costs a fraction of that. Every wait
+    has the same length, so the queue is in deadline order and a sweep looks only at its
+    head; a deadline acts up to ``SWEEP_SECONDS`` late."""
+
+    SWEEP_SECONDS = 0.1
+
+    def __init__(self, seconds: float, loop: asyncio.AbstractEventLoop) -> None:
+        self._seconds = seconds
+        self._loop = loop
+        self._waiting: collections.deque[_Wait] = collections.deque()
+        self._sweeping = False
+
+    def watch(self) -> _Wait:
+        """The current task's wait, from now until ``finish()``."""
+        loop = self._loop
+        wait = _Wait(loop.time() + self._seconds, asyncio.current_task(loop))
+        self._waiting.append(wait)
+        if not self._sweeping:
+            self._sweeping = True
+            loop.call_later(self.SWEEP_SECONDS, self._sweep)
+        return wait
+
+    def _sweep(self) -> None:
+        waiting, now = self._waiting, self._loop.time()
+        while waiting and (waiting[0].task is None or waiting[0].deadline <= now):
+            wait = waiting.popleft()
+            if wait.task is not None:
+                wait.expired = True
+                wait.task.cancel()
+        if waiting:
+            self._loop.call_later(self.SWEEP_SECONDS, self._sweep)
+        else:
+            self._sweeping = False
 
 
 class Publisher:
@@ -141,6 +170,7 @@ class Publisher:
         self._metrics = metrics
         self._produce_latency: dict[str, Any] = {}
         self._producer: AIOKafkaProducer | None = None
+        self._deadlines: _Deadlines | None = None  # made by start(), on the loop it runs in
         self._replacing: asyncio.Task[None] | None = None
         self._ready_checked_at = 0.0
         self._ready = False
@@ -182,6 +212,7 @@ class Publisher:
             self._watch.start()
         producer = self._build()
         await start_client(producer, self._settings)
+        self._deadlines = _Deadlines(self._settings.produce_timeout_seconds, asyncio.get_running_loop())
         self._producer = producer
         self._ready = True
         self._ready_checked_at = time.monotonic()
@@ -250,14 +281,15 @@ class Publisher:
             raise KafkaUnavailable("the producer is not running")
         started = time.perf_counter()
         futures: list[asyncio.Future[Any]] = []
-        deadline = _Deadline(self._settings.produce_timeout_seconds)
+        assert self._deadlines is not None  # made with the producer
+        wait = self._deadlines.watch()
         try:
             if late is None:
                 await self._send_all(producer, topic, records)
             else:
                 await self._send_watched(producer, topic, records, futures)
         except asyncio.CancelledError:
-            if not deadline.expired():
+            if not wait.timed_out():
                 raise
             for future in futures:
                 if not future.done():
@@ -275,7 +307,7 @@ class Publisher:
                 self._replace_later(producer)
             raise KafkaUnavailable(f"Kafka refused the records: {describe(error)}") from None
         finally:
-            deadline.cancel()
+            wait.finish()
         latency = self._produce_latency.get(topic)
         if latency is None:  # `.labels()` locks and builds a key on every call; this runs per request
             latency = self._produce_latency[topic] = self._metrics.produce_latency.labels(topic)
