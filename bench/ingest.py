@@ -200,7 +200,8 @@ class CoresBusy:
 def cores_busy(server_pids: list[int], kafka: Any, action: Callable[[], Any]) -> tuple[Any, CoresBusy]:
     """Run ``action`` and measure the cores that the server's processes, the local broker and wrk
     (the children this process waits for) kept busy meanwhile."""
-    broker_pid = None if kafka is None else kafka.pid
+    # getattr: a passpost installed before LocalKafka.pid existed can be measured too (before/after runs).
+    broker_pid = None if kafka is None else getattr(kafka, "pid", None)
 
     def cpu() -> tuple[float, float, float, float]:
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
