@@ -46,6 +46,9 @@ ENTRY_POINT_GROUP = "passpost.consumers"
 FIRST_RETRY_SECONDS = 0.1
 # What a sink's write may raise to have the batch retried (anything else but PoisonBatch is a bug).
 RETRIED = (RetryLater, OSError)
+# A partition's share of PASSPOST_CONSUMER_BATCH_MAX_BYTES in one fetch (a record batch larger than it still comes).
+_PARTITION_SHARE = 8
+_MIN_PARTITION_FETCH_BYTES = 64 * 1024
 # How often a consumer started before its topic asks whether the topic exists now.
 TOPIC_POLL_SECONDS = 1.0
 
@@ -121,7 +124,11 @@ class Runner:
         fetch_bytes = self.settings.consumer_batch_max_bytes
         self._kafka = AIOKafkaConsumer(
             **options, group_id=group_id(self.settings, self.name), enable_auto_commit=False,
-            auto_offset_reset="earliest", fetch_max_bytes=fetch_bytes, max_partition_fetch_bytes=fetch_bytes,
+            auto_offset_reset="earliest", fetch_max_bytes=fetch_bytes,
+            # aiokafka fetches again for each partition whose records are handed out while others still hold
+            # theirs: with the whole budget per partition, six partitions held up to six times it. An eighth each
+            # keeps what is held near the budget (bench.consume, 1,000,000 events: peak RSS 194 -> 177 MiB).
+            max_partition_fetch_bytes=max(fetch_bytes // _PARTITION_SHARE, _MIN_PARTITION_FETCH_BYTES),
             max_poll_records=self.settings.consumer_batch_size,
         )
         loop = asyncio.get_running_loop()
