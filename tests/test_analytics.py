@@ -306,3 +306,27 @@ def test_on_postgresql_an_event_it_can_never_store_is_dead_lettered_and_the_rest
     assert stored == [("S1",), ("S3",)]
     assert dict(query(postgres_dsn, "SELECT kafka_topic, next_offset FROM passpost_offsets WHERE kafka_topic = "
                                     f"'{settings.events_topic}'")) == {settings.events_topic: 3}
+
+
+def test_a_duckdb_dsn_s_query_holds_duckdb_settings_over_the_store_s_defaults(tmp_path: Path) -> None:
+    """DuckDB caches every block it reads or writes up to its memory limit (80% of the machine's by default):
+    the store sets 64MB unless the DSN says otherwise; any DuckDB setting may be given there."""
+    from passpost.consumers.analytics import serving
+    from passpost.consumers.analytics.store import StoreUnavailable
+
+    def settings_of(dsn: str) -> tuple[str, str]:
+        store = open_store(dsn)
+        try:
+            [(memory_limit, threads)] = store._execute("SELECT current_setting('memory_limit'), "
+                                                       "current_setting('threads')::VARCHAR")
+            return memory_limit, threads
+        finally:
+            store.close()
+
+    assert settings_of(f"duckdb:///{tmp_path}/default.duckdb")[0] == "61.0 MiB"  # 64MB
+    dsn = f"duckdb:///{tmp_path}/tuned.duckdb?memory_limit=256MB&threads=1"
+    assert settings_of(dsn) == ("244.1 MiB", "1")
+    assert serving.duckdb_path(dsn) == tmp_path / "tuned.duckdb" and (tmp_path / "tuned.duckdb").exists()
+    with pytest.raises(StoreUnavailable, match="^cannot open DuckDB file .*bad.duckdb with memory_limit=lots: ") as error:
+        open_store(f"duckdb:///{tmp_path}/bad.duckdb?memory_limit=lots")
+    assert "\n" not in str(error.value)

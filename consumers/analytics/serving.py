@@ -26,7 +26,8 @@ SUMMARY_PATH = "/summary"
 
 
 def duckdb_path(dsn: str) -> Path | None:
-    return Path(dsn.removeprefix("duckdb:///")) if dsn.startswith("duckdb:///") else None
+    # The query, if any, holds DuckDB settings (store.open_store).
+    return Path(dsn.removeprefix("duckdb:///").partition("?")[0]) if dsn.startswith("duckdb:///") else None
 
 
 def address_file(database: Path) -> Path:
