@@ -230,7 +230,8 @@ class DuckDBStore(Store):
         # The column lists unnested side by side, one statement per batch: what text cannot carry.
         unnested = ", ".join(f"unnest(${n + 1}) AS {name}" for n, name in enumerate(COLUMNS))
         self._insert_lists = f"INSERT INTO pass_postbacks SELECT {select} FROM (SELECT {unnested})"
-        self._text = f"{path}.incoming.tsv" if path != ":memory:" else None
+        # Beside the file: its folder is writable (DuckDB writes its WAL there), and one writer holds it at a time.
+        self._text = f"{path}.incoming.tsv" if path != ":memory:" and not read_only else None
         text_types = {"TEXT": "VARCHAR", "{json}": "VARCHAR", "INTEGER": "INTEGER", "BIGINT": "BIGINT",
                       "{ts}": "BIGINT"}
         text_columns = ", ".join(f"'{name}': '{text_types[SQL_TYPES[name]]}'" for name in COLUMNS)
