@@ -203,30 +203,16 @@ DUCKDB_DEFAULTS: dict[str, str] = {"memory_limit": "64MB"}
 class DuckDBStore(Store):
     """One writer process per file (DuckDB's own lock); timestamps are naive UTC ``TIMESTAMP``."""
 
-    def __init__(self, path: str, *, read_only: bool = False, arrow: bool | None = None,
-                 config: Mapping[str, str] | None = None) -> None:
-        """``arrow``: write batches through pyarrow (the ``arrow`` extra) when true; else (None, False) as
-        tab-separated text DuckDB's CSV reader parses (see ``write``). ``config``: DuckDB settings (the DSN's
-        query, ``duckdb:///file?memory_limit=256MB&threads=1``) over ``DUCKDB_DEFAULTS``."""
+    def __init__(self, path: str, *, read_only: bool = False, config: Mapping[str, str] | None = None) -> None:
+        """Batches go in as tab-separated text DuckDB's CSV reader parses (see ``write``). ``config``: DuckDB
+        settings (the DSN's query, ``duckdb:///file?memory_limit=256MB&threads=1``) over ``DUCKDB_DEFAULTS``."""
         import duckdb
 
         self._duckdb = duckdb
         self.poison_errors = (duckdb.ConversionException, duckdb.ConstraintException, duckdb.InvalidInputException)
-        self._pyarrow: Any = None
-        if arrow:
-            # 163 MB installed and ~47 MiB of the process's memory: an extra, imported by this store only.
-            import pyarrow
-
-            self._pyarrow = pyarrow
-            # A value Arrow cannot hold (a string that is not UTF-8) will never go in either.
-            self.poison_errors += (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError, UnicodeError)
-            arrow_types = {"TEXT": pyarrow.string(), "{json}": pyarrow.string(), "INTEGER": pyarrow.int32(),
-                           "BIGINT": pyarrow.int64(), "{ts}": pyarrow.int64()}
-            self._schema = pyarrow.schema([(name, arrow_types[SQL_TYPES[name]]) for name in COLUMNS])
         # Timestamps arrive as microseconds since the epoch (UTC) for naive UTC TIMESTAMP columns.
         select = ", ".join(f"{name}::JSON" if name in JSON_COLUMNS else
                            f"make_timestamp({name})" if SQL_TYPES[name] == "{ts}" else name for name in COLUMNS)
-        self._insert_arrow = f"INSERT INTO pass_postbacks SELECT {select} FROM incoming"
         # The column lists unnested side by side, one statement per batch: what text cannot carry.
         unnested = ", ".join(f"unnest(${n + 1}) AS {name}" for n, name in enumerate(COLUMNS))
         self._insert_lists = f"INSERT INTO pass_postbacks SELECT {select} FROM (SELECT {unnested})"
@@ -271,25 +257,22 @@ class DuckDBStore(Store):
     def write(self, columns: Mapping[str, Sequence[Any]], offsets: dict[tuple[str, int], int]) -> None:
         # DuckDB converts parameter lists value by value holding the GIL (~7 us a row, while the event loop has
         # the next batch to decode; see BENCHMARKS.md). Instead the batch goes in as one tab-separated text that
-        # its CSV reader parses in its own threads (Python joins it in C: ~1 us a row), or, with pyarrow, as one
-        # Arrow table it scans in place. Values text cannot carry (a tab, a line break, "\N") take the lists.
-        table: Any = None
+        # its CSV reader parses in its own threads (Python joins it in C: ~1 us a row; an Arrow table was no
+        # faster and pyarrow costs 47 MiB). Values text cannot carry (a tab, a line break, "\N") take the lists.
         params: list[Any] | None = None
         insert: str | None = None
-        if columns[KEY] and self._pyarrow is not None:
-            table, insert = self._arrow(columns), self._insert_arrow
-        elif columns[KEY]:
+        if columns[KEY]:
             text = self._write_text(columns)
             if text is not None:
                 params, insert = [self._text, max(_DUCKDB_LINE, text)], self._insert_text
             else:
                 params, insert = [list(columns[name]) for name in COLUMNS], self._insert_lists
         try:
-            self._write(table, params, offsets, insert)
+            self._write(params, offsets, insert)
         except self._duckdb.ConstraintException:
-            # A plain INSERT costs less than ON CONFLICT (Arrow: 4.9 against 6.1 us a row, measured alone);
-            # an event_id already stored (a redelivery) makes it fail: the batch again, skipping those.
-            self._write(table, params, offsets, insert and insert + " ON CONFLICT (event_id) DO NOTHING")
+            # A plain INSERT costs less than ON CONFLICT (4.9 against 6.1 us a row, measured alone); an
+            # event_id already stored (a redelivery) makes it fail: the batch again, skipping those.
+            self._write(params, offsets, insert and insert + " ON CONFLICT (event_id) DO NOTHING")
 
     def _write_text(self, columns: Mapping[str, Sequence[Any]]) -> int | None:
         """Write the batch to ``self._text`` as tab-separated lines, null as ``\\N``; its size in bytes, or None
@@ -319,30 +302,18 @@ class DuckDBStore(Store):
             file.write(data)
         return len(data)
 
-    def _write(self, table: Any, params: list[Any] | None, offsets: dict[tuple[str, int], int],
-               insert: str | None) -> None:
+    def _write(self, params: list[Any] | None, offsets: dict[tuple[str, int], int], insert: str | None) -> None:
         con = self.connection
-        if table is not None:
-            con.register("incoming", table)
+        con.execute("BEGIN")
         try:
-            con.execute("BEGIN")
-            try:
-                if insert is not None:
-                    con.execute(insert, params)
-                for (topic, partition), offset in offsets.items():
-                    con.execute(_UPSERT_OFFSET.format(p="?"), [topic, partition, offset])
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-        finally:
-            if table is not None:  # after the transaction: an aborted one refuses it
-                con.unregister("incoming")
-
-    def _arrow(self, columns: Mapping[str, Sequence[Any]]) -> Any:
-        pa = self._pyarrow
-        return pa.Table.from_arrays([pa.array(columns[field.name], type=field.type) for field in self._schema],
-                                    schema=self._schema)
+            if insert is not None:
+                con.execute(insert, params)
+            for (topic, partition), offset in offsets.items():
+                con.execute(_UPSERT_OFFSET.format(p="?"), [topic, partition, offset])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
 
     def truncate(self) -> None:
         self.connection.execute("BEGIN")
@@ -436,12 +407,12 @@ class PostgresStore(Store):
         self.connection.close()
 
 
-def open_store(dsn: str, *, read_only: bool = False, arrow: bool | None = None) -> Store:
-    """``arrow`` is DuckDB's (see ``DuckDBStore``); a DuckDB DSN's query holds DuckDB settings
+def open_store(dsn: str, *, read_only: bool = False) -> Store:
+    """The store a DSN names; a DuckDB DSN's query holds DuckDB settings
     (``duckdb:///data/analytics.duckdb?memory_limit=256MB``)."""
     if dsn.startswith("duckdb:///"):
         path, _, query = dsn.removeprefix("duckdb:///").partition("?")
-        return DuckDBStore(path, read_only=read_only, arrow=arrow, config=dict(urllib.parse.parse_qsl(query)))
+        return DuckDBStore(path, read_only=read_only, config=dict(urllib.parse.parse_qsl(query)))
     return PostgresStore(dsn)
 
 
