@@ -1,13 +1,18 @@
-"""The Avro binary body of a `passpost.PassPostback`, written by code made for this schema.
+"""The Avro binary body of a `passpost.PassPostback`, written and read by code made for this schema.
+
+Framing (single-object, Confluent), schema resolution and the public ``encode``, ``decode``
+and ``decode_columns`` are `codec`'s; this module is only the body.
+
+**Writing** (``write_body``, the ingress's every event):
 
 fastavro's generic writer walks the parsed schema for every record: a union is matched
 by comparing type names, every value is validated against its branch, and the record
 first becomes a dict. For our fixed schema that costs about 9 µs an event, the largest
 single piece of the ingress's own work (BENCHMARKS.md, issue 13). Written field by field
-below it costs about 3 µs. The bytes are the same as fastavro's (tests/test_codec.py
-compares them over generated events), and ``_check_schema`` refuses at import a
-`pass_postback.avsc` whose fields no longer match what this writer writes, so the schema
-cannot change without this module changing with it.
+below it costs 4.6 µs. The bytes are the same as fastavro's (tests/test_binary.py
+compares them over generated events), and `codec` refuses at import a `pass_postback.avsc`
+whose fields (``fields_of``) are not the ``WRITTEN_FIELDS``, so the schema cannot change
+without this writer changing with it.
 
 Avro binary, as used here (Avro specification, "Binary Encoding"): a long is its zig-zag
 value in little-endian base-128 groups; a string is its UTF-8 length as a long, then the
@@ -21,7 +26,7 @@ from typing import Any, Final
 
 from .event import PassPostback, _to_micros
 
-__all__ = ["write_body"]
+__all__ = ["WRITTEN_FIELDS", "columns_reader", "fields_of", "write_body"]
 
 
 def _long(value: int) -> bytes:
@@ -120,3 +125,159 @@ def fields_of(avsc: Any) -> tuple[tuple[str, Any], ...]:
         return schema
 
     return tuple((field["name"], essential(field["type"])) for field in avsc["fields"])
+
+
+# --- reading a batch into columns -------------------------------------------------------
+#
+# **Reading** (``columns_reader``, the analytics consumer's every event): the body read
+# straight into one list per field, by a function generated from the .avsc at import
+# (straight-line code, no per-field dispatch). Anything irregular raises ``_IRREGULAR``,
+# and `codec.decode_columns` hands that record to `codec.decode`, so what is accepted, and
+# every error, is exactly `decode`'s.
+
+
+class _Irregular(Exception):
+    """Not for the generated reader: the record goes through `decode`."""
+
+
+_IRREGULAR: Final = _Irregular()
+# datetime's range: `decode` refuses a timestamp a datetime cannot hold, so the columns do too.
+_MIN_MICROS: Final = -62135596800 * 10**6
+_MAX_MICROS: Final = 253402300800 * 10**6 - 1
+
+
+def _read_long(data: bytes, p: int) -> tuple[int, int]:
+    """A zigzag varint at ``p``: (value, position after it); at most 9 bytes (63 bits), else irregular."""
+    b = data[p]
+    p += 1
+    value = b & 0x7F
+    shift = 7
+    while b & 0x80:
+        b = data[p]
+        p += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+    if shift > 63:
+        raise _IRREGULAR
+    return (value >> 1) ^ -(value & 1), p
+
+
+def _read_string(data: bytes, p: int) -> tuple[str, int]:
+    size, p = _read_long(data, p)
+    end = p + size
+    if size < 0 or end > len(data):
+        raise _IRREGULAR
+    return data[p:end].decode(), end
+
+
+def _read_string_map(data: bytes, p: int) -> tuple[dict[str, str], int]:
+    result: dict[str, str] = {}
+    while True:
+        count, p = _read_long(data, p)
+        if count == 0:
+            return result, p
+        if count < 0:  # a block that also gives its size in bytes
+            count = -count
+            _, p = _read_long(data, p)
+        for _ in range(count):
+            key, p = _read_string(data, p)
+            result[key], p = _read_string(data, p)
+
+
+def _string_code(target: str, indent: str) -> list[str]:
+    # Lengths under 64 bytes take one varint byte: the common case, inline.
+    return [f"{indent}z = data[p]",
+            f"{indent}if z < 128 and not z & 1:",
+            f"{indent}    e = p + 1 + (z >> 1)",
+            f"{indent}    {target} = data[p + 1:e].decode()",
+            f"{indent}    p = e",
+            f"{indent}else:",
+            f"{indent}    {target}, p = _read_string(data, p)"]
+
+
+def _long_code(target: str, indent: str, timestamp: bool) -> list[str]:
+    lines = [f"{indent}b = data[p]",
+             f"{indent}p += 1",
+             f"{indent}v = b & 127",
+             f"{indent}s = 7",
+             f"{indent}while b & 128:",
+             f"{indent}    b = data[p]",
+             f"{indent}    p += 1",
+             f"{indent}    v |= (b & 127) << s",
+             f"{indent}    s += 7",
+             f"{indent}if s > 63:",
+             f"{indent}    raise _IRREGULAR",
+             f"{indent}{target} = (v >> 1) ^ -(v & 1)"]
+    if timestamp:
+        lines += [f"{indent}if not _MIN_MICROS <= {target} <= _MAX_MICROS:",
+                  f"{indent}    raise _IRREGULAR"]
+    return lines
+
+
+def _value_code(schema: Any, target: str, indent: str, constants: dict[str, Any]) -> list[str]:
+    """Code reading one value of Avro type ``schema`` at ``p`` of ``data`` into ``target``."""
+    if isinstance(schema, list):  # a union: the branch's index, then its value
+        lines = [f"{indent}z = data[p]", f"{indent}p += 1"]
+        for index, branch in enumerate(schema):
+            lines.append(f"{indent}{'if' if index == 0 else 'elif'} z == {2 * index}:")
+            lines += (_value_code(branch, target, indent + "    ", constants) if branch != "null"
+                      else [f"{indent}    {target} = None"])
+        return lines + [f"{indent}else:", f"{indent}    raise _IRREGULAR"]
+    kind = schema["type"] if isinstance(schema, dict) else schema
+    if kind == "string":
+        return _string_code(target, indent)
+    if kind == "long":
+        logical = schema.get("logicalType") if isinstance(schema, dict) else None
+        if logical not in (None, "timestamp-micros"):
+            raise TypeError(f"no column reader for logical type {logical!r}")
+        return _long_code(target, indent, logical == "timestamp-micros")
+    if kind == "enum":
+        name = f"_SYMBOLS_{len(constants)}"
+        constants[name] = tuple(schema["symbols"])
+        # Avro writes the index zigzagged; an index out of range is irregular (decode says why).
+        return [f"{indent}z = data[p]", f"{indent}p += 1", f"{indent}if z & 1 or z > 127:",
+                f"{indent}    raise _IRREGULAR", f"{indent}{target} = {name}[z >> 1]"]
+    if kind == "map" and schema["values"] == "string":
+        return [f"{indent}if data[p] == 0:", f"{indent}    {target} = {{}}", f"{indent}    p += 1",
+                f"{indent}else:", f"{indent}    {target}, p = _read_string_map(data, p)"]
+    raise TypeError(f"no column reader for Avro type {schema!r}")
+
+
+def _columns_reader_source(avsc: Any, confluent_header_len: int, constants: dict[str, Any]) -> str:
+    """Source of ``read(values, header, confluent, columns, fallback)``: each value framed with ``header`` (our
+    single-object header) or a Confluent header (``confluent_header_len`` bytes) in ``confluent`` (those whose
+    id names our schema) read into ``columns`` (one list per field, in order); the index of any other, or of one
+    not read to its end, passed to ``fallback`` (which may add to ``confluent``)."""
+    fields = avsc["fields"]
+    names = [f"v{n}" for n in range(len(fields))]
+    lines = ["def read(values, header, confluent, columns, fallback):",
+             f"    {', '.join(f'a{n}' for n in range(len(fields)))}, = [column.append for column in columns]",
+             "    start = len(header)",
+             "    for index, data in enumerate(values):",
+             "        if data.startswith(header):",
+             "            p = start",
+             f"        elif data[:{confluent_header_len}] in confluent:",
+             f"            p = {confluent_header_len}",
+             "        else:",
+             "            fallback(index)",
+             "            continue",
+             "        try:"]
+    for field, target in zip(fields, names, strict=True):
+        lines += _value_code(field["type"], target, "            ", constants)
+    lines += ["            if p != len(data):",
+              "                raise _IRREGULAR",
+              "        except Exception:",  # IndexError, UnicodeDecodeError, _Irregular: decode says which
+              "            fallback(index)",
+              "            continue",
+              *(f"        a{n}({target})" for n, target in enumerate(names))]
+    return "\n".join(lines) + "\n"
+
+
+def columns_reader(avsc: Any, confluent_header_len: int) -> Any:
+    """The generated ``read`` (see ``_columns_reader_source``) for the record schema ``avsc`` (JSON)."""
+    constants: dict[str, Any] = {}
+    source = _columns_reader_source(avsc, confluent_header_len, constants)
+    namespace: dict[str, Any] = {"_IRREGULAR": _IRREGULAR, "_MIN_MICROS": _MIN_MICROS, "_MAX_MICROS": _MAX_MICROS,
+                                 "_read_string": _read_string, "_read_string_map": _read_string_map, **constants}
+    exec(compile(source, f"<columns reader of {avsc['namespace']}.{avsc['name']}>", "exec"), namespace)
+    return namespace["read"]

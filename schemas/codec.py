@@ -23,7 +23,7 @@ import fastavro
 from fastavro.read import SchemaResolutionError
 from fastavro.schema import to_parsing_canonical_form
 
-from .binary import WRITTEN_FIELDS, fields_of, write_body
+from .binary import WRITTEN_FIELDS, columns_reader, fields_of, write_body
 from .event import PassPostback
 
 __all__ = [
@@ -300,158 +300,12 @@ def decode(data: bytes, *, resolver: SchemaResolver | None = None) -> PassPostba
 # per event: fastavro's record dict and the dataclass cost the consumer's event loop about
 # two thirds of its time (py-spy, BENCHMARKS.md). `decode_columns` reads our own schema's
 # binary straight into one list per field with code generated from the .avsc at import
-# (straight-line, no per-field dispatch); any record it does not read on that path (another
+# (schemas/binary.py: straight-line, no per-field dispatch); any record it does not read on that path (another
 # framing or writer schema, a multi-byte length, anything irregular) goes through `decode`,
 # so what is accepted, and every DecodeError, is exactly `decode`'s.
 
 
-class _Irregular(Exception):
-    """Not for the generated reader: the record goes through `decode`."""
-
-
-_IRREGULAR: Final = _Irregular()
-# datetime's range: `decode` refuses a timestamp a datetime cannot hold, so the columns do too.
-_MIN_MICROS: Final = -62135596800 * 10**6
-_MAX_MICROS: Final = 253402300800 * 10**6 - 1
-
-
-def _read_long(data: bytes, p: int) -> tuple[int, int]:
-    """A zigzag varint at ``p``: (value, position after it); at most 9 bytes (63 bits), else irregular."""
-    b = data[p]
-    p += 1
-    value = b & 0x7F
-    shift = 7
-    while b & 0x80:
-        b = data[p]
-        p += 1
-        value |= (b & 0x7F) << shift
-        shift += 7
-    if shift > 63:
-        raise _IRREGULAR
-    return (value >> 1) ^ -(value & 1), p
-
-
-def _read_string(data: bytes, p: int) -> tuple[str, int]:
-    size, p = _read_long(data, p)
-    end = p + size
-    if size < 0 or end > len(data):
-        raise _IRREGULAR
-    return data[p:end].decode(), end
-
-
-def _read_string_map(data: bytes, p: int) -> tuple[dict[str, str], int]:
-    result: dict[str, str] = {}
-    while True:
-        count, p = _read_long(data, p)
-        if count == 0:
-            return result, p
-        if count < 0:  # a block that also gives its size in bytes
-            count = -count
-            _, p = _read_long(data, p)
-        for _ in range(count):
-            key, p = _read_string(data, p)
-            result[key], p = _read_string(data, p)
-
-
-def _string_code(target: str, indent: str) -> list[str]:
-    # Lengths under 64 bytes take one varint byte: the common case, inline.
-    return [f"{indent}z = data[p]",
-            f"{indent}if z < 128 and not z & 1:",
-            f"{indent}    e = p + 1 + (z >> 1)",
-            f"{indent}    {target} = data[p + 1:e].decode()",
-            f"{indent}    p = e",
-            f"{indent}else:",
-            f"{indent}    {target}, p = _read_string(data, p)"]
-
-
-def _long_code(target: str, indent: str, timestamp: bool) -> list[str]:
-    lines = [f"{indent}b = data[p]",
-             f"{indent}p += 1",
-             f"{indent}v = b & 127",
-             f"{indent}s = 7",
-             f"{indent}while b & 128:",
-             f"{indent}    b = data[p]",
-             f"{indent}    p += 1",
-             f"{indent}    v |= (b & 127) << s",
-             f"{indent}    s += 7",
-             f"{indent}if s > 63:",
-             f"{indent}    raise _IRREGULAR",
-             f"{indent}{target} = (v >> 1) ^ -(v & 1)"]
-    if timestamp:
-        lines += [f"{indent}if not _MIN_MICROS <= {target} <= _MAX_MICROS:",
-                  f"{indent}    raise _IRREGULAR"]
-    return lines
-
-
-def _value_code(schema: Any, target: str, indent: str, constants: dict[str, Any]) -> list[str]:
-    """Code reading one value of Avro type ``schema`` at ``p`` of ``data`` into ``target``."""
-    if isinstance(schema, list):  # a union: the branch's index, then its value
-        lines = [f"{indent}z = data[p]", f"{indent}p += 1"]
-        for index, branch in enumerate(schema):
-            lines.append(f"{indent}{'if' if index == 0 else 'elif'} z == {2 * index}:")
-            lines += (_value_code(branch, target, indent + "    ", constants) if branch != "null"
-                      else [f"{indent}    {target} = None"])
-        return lines + [f"{indent}else:", f"{indent}    raise _IRREGULAR"]
-    kind = schema["type"] if isinstance(schema, dict) else schema
-    if kind == "string":
-        return _string_code(target, indent)
-    if kind == "long":
-        logical = schema.get("logicalType") if isinstance(schema, dict) else None
-        if logical not in (None, "timestamp-micros"):
-            raise TypeError(f"no column reader for logical type {logical!r}")
-        return _long_code(target, indent, logical == "timestamp-micros")
-    if kind == "enum":
-        name = f"_SYMBOLS_{len(constants)}"
-        constants[name] = tuple(schema["symbols"])
-        # Avro writes the index zigzagged; an index out of range is irregular (decode says why).
-        return [f"{indent}z = data[p]", f"{indent}p += 1", f"{indent}if z & 1 or z > 127:",
-                f"{indent}    raise _IRREGULAR", f"{indent}{target} = {name}[z >> 1]"]
-    if kind == "map" and schema["values"] == "string":
-        return [f"{indent}if data[p] == 0:", f"{indent}    {target} = {{}}", f"{indent}    p += 1",
-                f"{indent}else:", f"{indent}    {target}, p = _read_string_map(data, p)"]
-    raise TypeError(f"no column reader for Avro type {schema!r}")
-
-
-def _columns_reader_source(avsc: Any, constants: dict[str, Any]) -> str:
-    """Source of ``read(values, header, confluent, columns, fallback)``: each value framed with ``header`` (our
-    single-object header) or a Confluent header in ``confluent`` (those whose id names our schema) read into
-    ``columns`` (one list per field, in order); the index of any other, or of one not read to its end, passed
-    to ``fallback`` (which may add to ``confluent``)."""
-    fields = avsc["fields"]
-    names = [f"v{n}" for n in range(len(fields))]
-    lines = ["def read(values, header, confluent, columns, fallback):",
-             f"    {', '.join(f'a{n}' for n in range(len(fields)))}, = [column.append for column in columns]",
-             "    start = len(header)",
-             "    for index, data in enumerate(values):",
-             "        if data.startswith(header):",
-             "            p = start",
-             f"        elif data[:{_CONFLUENT_HEADER_LEN}] in confluent:",
-             f"            p = {_CONFLUENT_HEADER_LEN}",
-             "        else:",
-             "            fallback(index)",
-             "            continue",
-             "        try:"]
-    for field, target in zip(fields, names, strict=True):
-        lines += _value_code(field["type"], target, "            ", constants)
-    lines += ["            if p != len(data):",
-              "                raise _IRREGULAR",
-              "        except Exception:",  # IndexError, UnicodeDecodeError, _Irregular: decode says which
-              "            fallback(index)",
-              "            continue",
-              *(f"        a{n}({target})" for n, target in enumerate(names))]
-    return "\n".join(lines) + "\n"
-
-
-def _columns_reader(avsc: Any) -> Any:
-    constants: dict[str, Any] = {}
-    source = _columns_reader_source(avsc, constants)
-    namespace: dict[str, Any] = {"_IRREGULAR": _IRREGULAR, "_MIN_MICROS": _MIN_MICROS, "_MAX_MICROS": _MAX_MICROS,
-                                 "_read_string": _read_string, "_read_string_map": _read_string_map, **constants}
-    exec(compile(source, f"<columns reader of {avsc['namespace']}.{avsc['name']}>", "exec"), namespace)
-    return namespace["read"]
-
-
-_READ_COLUMNS: Final = _columns_reader(_AVSC)
+_READ_COLUMNS: Final = columns_reader(_AVSC, _CONFLUENT_HEADER_LEN)
 #: The event's fields in schema order: the keys of `DecodedColumns.fields`.
 FIELD_NAMES: Final[tuple[str, ...]] = tuple(field["name"] for field in _AVSC["fields"])
 
