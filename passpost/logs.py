@@ -141,6 +141,8 @@ def configure(log_format: str = "text", level: str = "info") -> None:
     handler = BatchingStreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
+    for replaced in root.handlers:  # a batching handler replaced must not take its waiting lines with it
+        replaced.flush()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # aiokafka logs every failed reconnect at ERROR with a traceback; the ingress reports

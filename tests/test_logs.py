@@ -103,3 +103,11 @@ def test_shutdown_writes_what_is_waiting(tmp_path) -> None:  # type: ignore[no-u
               "for n in range(3): logging.getLogger('passpost.access').info('request', extra={'fields': {'n': n}})\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert [json.loads(line)["n"] for line in result.stderr.splitlines()] == [0, 1, 2]
+
+
+def test_configuring_again_writes_what_the_replaced_handler_held() -> None:
+    script = ("import logging, os\nfrom passpost.logs import configure\nconfigure('json', 'info')\n"
+              "logging.getLogger('passpost.access').info('request', extra={'fields': {'n': 1}})\n"
+              "configure('text', 'info')\nos._exit(0)\n")  # no exit handlers: only the replacement can write it
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert [json.loads(line)["n"] for line in result.stderr.splitlines()] == [1]
