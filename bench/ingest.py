@@ -517,7 +517,8 @@ def run(options: argparse.Namespace) -> Report:
         def under_py_spy(command: list[str]) -> list[str]:
             py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             options.profile.mkdir(parents=True, exist_ok=True)
-            # Blocking sampling (py-spy's default) keeps stacks whole; 100 Hz keeps its cost low.
+            # Blocking sampling (py-spy's default) keeps stacks whole; native frames show C extensions
+            # and system calls; 200 Hz keeps its cost modest.
             return [py_spy, "record", "--rate", "200", "--native", "--format", "raw",
                     "-o", str(options.profile / "ingress.collapsed"), "--", *command]
 

@@ -119,7 +119,7 @@ class OutputBudget:
     BODY_FACTOR = 2
     PER_ITEM = 1024
 
-    __slots__ = ("allowed", "body_bytes", "items", "max_items", "spent")
+    __slots__ = ("body_bytes", "items", "max_items", "spent")
 
     def __init__(self, body_bytes: int, max_items: int = 1000) -> None:
         self.body_bytes = body_bytes
@@ -127,11 +127,13 @@ class OutputBudget:
         self.max_items = max_items
         self.items = 0
         self.spent = 0
-        self.allowed = self.BODY_FACTOR * body_bytes  # grows by PER_ITEM with each item
+
+    @property
+    def allowed(self) -> int:
+        return self.BODY_FACTOR * self.body_bytes + self.PER_ITEM * self.items
 
     def item(self) -> None:
         self.items += 1
-        self.allowed += self.PER_ITEM
         if self.items > self.max_items:
             raise Rejected(413, "too_many_items", f"The request holds more than {self.max_items} postbacks.")
 
