@@ -27,7 +27,7 @@ from aiokafka.errors import (
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.metadata import MetadataRequest
 
-from passpost.errors import PasspostError
+from passpost.errors import ConfigurationError, PasspostError
 from passpost.settings import Settings
 
 # Room for the record's own framing and headers around the largest body we accept: a
@@ -48,16 +48,30 @@ def client_options(settings: Settings) -> dict[str, Any]:
         "security_protocol": protocol,
     }
     if protocol in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = create_ssl_context(
-            cafile=settings.kafka_ssl_ca_file,
-            certfile=settings.kafka_ssl_cert_file,
-            keyfile=settings.kafka_ssl_key_file,
-        )
+        options["ssl_context"] = _ssl_context(settings)
     if protocol.startswith("SASL_"):
         options["sasl_mechanism"] = settings.kafka_sasl_mechanism
         options["sasl_plain_username"] = settings.kafka_sasl_username
         options["sasl_plain_password"] = settings.kafka_sasl_password
     return options
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext:
+    """The TLS context of every client; a file that is not what its setting says is one line naming it."""
+    try:
+        context = create_ssl_context(cafile=settings.kafka_ssl_ca_file)
+    except (ssl.SSLError, OSError) as error:
+        raise ConfigurationError(f"PASSPOST_KAFKA_SSL_CA_FILE: {settings.kafka_ssl_ca_file} is not a CA bundle "
+                                 f"in PEM ({describe(error)})") from None
+    if settings.kafka_ssl_cert_file:
+        try:
+            context.load_cert_chain(settings.kafka_ssl_cert_file, settings.kafka_ssl_key_file)
+        except (ssl.SSLError, OSError) as error:
+            raise ConfigurationError(
+                f"PASSPOST_KAFKA_SSL_CERT_FILE / PASSPOST_KAFKA_SSL_KEY_FILE: {settings.kafka_ssl_cert_file} and "
+                f"{settings.kafka_ssl_key_file or 'its key'} are not a certificate and its private key in PEM "
+                f"({describe(error)})") from None
+    return context
 
 
 def max_record_bytes(settings: Settings) -> int:

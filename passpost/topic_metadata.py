@@ -25,14 +25,16 @@ from aiokafka.protocol.abstract import AbstractType
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Boolean, CompactArray, CompactString, Int16, Int32, Schema, TaggedFields
 
+from passpost.errors import PasspostError
 from passpost.kafka import KafkaUnavailable, client_options, describe, start_client
 from passpost.settings import Settings
 
 __all__ = ["ClusterTopics", "TopicIdentity", "TopicIdsUnsupported", "TopicInfo", "TopicMetadata", "describe_topics"]
 
 
-class TopicIdsUnsupported(KafkaUnavailable):
-    """The broker is too old to report topic ids (before Kafka 3.0)."""
+class TopicIdsUnsupported(PasspostError):
+    """The broker is too old to report topic ids (before Kafka 3.0). Not a ``KafkaUnavailable``: asking
+    again cannot help, so no retry loop may take it for a broker that is restarting."""
 
 
 class _Uuid(AbstractType[bytes]):

@@ -20,8 +20,8 @@ from passpost.consumers.runtime import (
     Retry,
     Runner,
     UnknownConsumer,
+    entry_points,
     load_consumer,
-    runner,
 )
 from passpost.schemas.event import PassPostback
 from tests.live import free_port
@@ -135,7 +135,7 @@ def _now():  # type: ignore[no-untyped-def]
 
 
 def test_a_consumer_s_name_is_its_class_s_and_the_entry_point_must_agree(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in runner.registered():  # the built-in ones, from pyproject's entry points
+    for name in entry_points.registered():  # the built-in ones, from pyproject's entry points
         assert load_consumer(name).name == name
 
     class EntryPoint:
@@ -145,7 +145,7 @@ def test_a_consumer_s_name_is_its_class_s_and_the_entry_point_must_agree(monkeyp
         def load(self) -> type[Consumer]:
             return self.target
 
-    monkeypatch.setattr(runner, "registered", lambda: {"picky": EntryPoint(Picky), "other": EntryPoint(Picky)})
+    monkeypatch.setattr(entry_points, "registered", lambda: {"picky": EntryPoint(Picky), "other": EntryPoint(Picky)})
     assert load_consumer("picky") is Picky
     with pytest.raises(UnknownConsumer, match="register it as 'picky'"):
         load_consumer("other")

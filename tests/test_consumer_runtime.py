@@ -14,11 +14,13 @@ import pytest
 
 from passpost import settings as settings_module
 from passpost.consumers import testing
-from passpost.consumers.runtime import Batch, Columns, Consumer, PoisonBatch, Runner, group_id
+from passpost.consumers.runtime import Batch, Columns, Consumer, ExactlyOnceConsumer, PoisonBatch, Runner, group_id
 from passpost.consumers.runtime.identity import ForeignOffsets, TopicIdentity
+from passpost.errors import ConfigurationError
 from passpost.kafka import create_topics
 from passpost.schemas.event import PassPostback
 from tests.kafka_helpers import unique_topic
+from tests.live import free_port
 
 pytestmark = pytest.mark.kafka
 
@@ -164,10 +166,11 @@ def test_group_id_is_derived_from_the_name_unless_set(kafka_bootstrap: str) -> N
     assert group_id(settings, "analytics") == settings.consumer_group
 
 
-class SlowToLoad(Collect):
+class SlowToLoad(Collect, ExactlyOnceConsumer):
     """Stores offsets and takes a while to load them, as a sink that asks a database or Kafka does."""
 
-    stores_offsets = True
+    async def check_topic(self, topic: str, identity: TopicIdentity) -> None:
+        pass
     loaded_at = 0.0
 
     async def load_offsets(self, partitions):  # type: ignore[no-untyped-def]
@@ -250,10 +253,11 @@ def test_a_taken_health_port_is_one_line_naming_the_setting(kafka_bootstrap: str
         "for /readyz and /metrics)"]
 
 
-class RecreatedMeanwhile(Collect):
+class RecreatedMeanwhile(Collect, ExactlyOnceConsumer):
     """Stores offsets; its topic is found re-created at the first assignment, after the start's check."""
 
-    stores_offsets = True
+    async def load_offsets(self, partitions):  # type: ignore[no-untyped-def]
+        return {}
 
     def __init__(self, settings) -> None:  # type: ignore[no-untyped-def]
         super().__init__(settings)
@@ -273,3 +277,17 @@ def test_offsets_of_another_incarnation_found_at_an_assignment_stop_the_consumer
         asyncio.run(asyncio.wait_for(Runner(consumer, settings, health_port=0).run(), 60))
     assert consumer.written == []  # nothing reached the sink
     assert len(consumer.checked) == 2 and consumer.checked[0] == consumer.checked[1]
+
+
+def test_settings_the_kafka_client_refuses_close_the_health_port_and_say_so_in_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Defect: the health port was bound outside the try/finally, so a failure building the client left it open."""
+    bad_pem = tmp_path / "ca.pem"
+    bad_pem.write_text("not a certificate\n")
+    settings = settings_module.defaults().replace(
+        kafka_bootstrap_servers="127.0.0.1:9", kafka_security_protocol="SSL", kafka_ssl_ca_file=str(bad_pem))
+    port = free_port()
+    with pytest.raises(ConfigurationError) as raised:
+        asyncio.run(asyncio.wait_for(Runner(Collect(settings), settings, health_port=port).run(), 30))
+    assert str(raised.value).startswith(f"PASSPOST_KAFKA_SSL_CA_FILE: {bad_pem} is not a CA bundle in PEM")
+    with socket.socket() as again:  # closed: it can be bound at once
+        again.bind(("127.0.0.1", port))

@@ -3,7 +3,7 @@
 Crash safety lives in the local store (``PASSPOST_ALERT_STATE_FILE``): after each batch
 is delivered to every sink, the open alerts and the batch's next offsets are saved
 together in one atomic file write, and the runtime resumes from those offsets
-(``stores_offsets``). So after a SIGKILL:
+(an ``ExactlyOnceConsumer``). So after a SIGKILL:
 
 - an event whose notification was not delivered is read again and notified (not lost);
 - an event whose notification was delivered and saved is not read again (not re-sent);
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from passpost.consumers.runtime import Batch, CannotRun, Consumer, RetryLater, group_id, identity
+from passpost.consumers.runtime import Batch, CannotRun, ExactlyOnceConsumer, RetryLater, group_id, identity
 from passpost.kafka import client_options
 from passpost.settings import Settings
 from passpost.topic_metadata import TopicIdentity
@@ -62,9 +62,8 @@ def _key(tp: TopicPartition) -> str:
     return f"{tp.topic}:{tp.partition}"
 
 
-class AlertsConsumer(Consumer):
+class AlertsConsumer(ExactlyOnceConsumer):
     name = "alerts"
-    stores_offsets = True
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)

@@ -3,7 +3,7 @@
 It holds the open alert groups (counts, what was already notified), the escalation
 windows, recently seen event ids and the Kafka offsets all of that covers. It is written
 after every delivered step, so after a SIGKILL the consumer resumes exactly where its
-last delivered notification left it: the runtime seeks to these offsets (``stores_offsets``)
+last delivered notification left it: the runtime seeks to these offsets (an ``ExactlyOnceConsumer``)
 and the groups know what they already told the sinks. A write is temp file, fsync,
 rename, fsync of the directory: a crash leaves the old file or the new one, never half.
 """

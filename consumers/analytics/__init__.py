@@ -1,7 +1,7 @@
 """``passpost consume analytics``: every event once in DuckDB or PostgreSQL (see ``store.py``).
 
 Exactly once: the rows of a batch and the offsets after it are written in one
-transaction (``stores_offsets``), and the runtime resumes from the stored offsets; a
+transaction (an ``ExactlyOnceConsumer``), and the runtime resumes from the stored offsets; a
 postback delivered twice (same ``event_id``, another offset) is kept once by
 ``ON CONFLICT (event_id) DO NOTHING``.
 
@@ -25,7 +25,7 @@ from aiokafka import TopicPartition
 from passpost.consumers.analytics import serving
 from passpost.consumers.analytics.columns import COLUMNS, KEY, TIMESTAMP_COLUMNS, columns_of
 from passpost.consumers.analytics.store import Store, StoreUnavailable, extra_json, open_store
-from passpost.consumers.runtime import Batch, Columns, Consumer, Item, PoisonBatch, RetryLater, identity
+from passpost.consumers.runtime import Batch, Columns, ExactlyOnceConsumer, Item, PoisonBatch, RetryLater, identity
 from passpost.consumers.runtime.health import Route
 from passpost.errors import one_line
 from passpost.schemas.event import PassPostback
@@ -63,9 +63,8 @@ def _datetime(micros: int | None) -> datetime | None:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class AnalyticsConsumer(Consumer):
+class AnalyticsConsumer(ExactlyOnceConsumer):
     name = "analytics"
-    stores_offsets = True
     columnar = True  # the table takes columns: no PassPostback per event (see the runtime's Consumer)
 
     def __init__(self, settings: Settings) -> None:

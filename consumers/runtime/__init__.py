@@ -1,7 +1,7 @@
 """The consumer runtime: write a ``Consumer`` subclass, the runtime does the rest (see ``consumer.py``)."""
 
 from passpost.consumers.runtime.backoff import Backoff, Retry
-from passpost.consumers.runtime.consumer import Batch, Columns, Consumer, Item
+from passpost.consumers.runtime.consumer import Batch, Columns, Consumer, ExactlyOnceConsumer, Item
 from passpost.consumers.runtime.dead_letters import dead_letter_topic
 from passpost.consumers.runtime.errors import CannotRun, PoisonBatch, RetryLater
 from passpost.consumers.runtime.runner import (
@@ -12,5 +12,6 @@ from passpost.consumers.runtime.runner import (
     registered,
 )
 
-__all__ = ["Backoff", "Batch", "CannotRun", "Columns", "Consumer", "Item", "PoisonBatch", "Retry", "RetryLater",
-           "Runner", "UnknownConsumer", "dead_letter_topic", "group_id", "load_consumer", "registered"]
+__all__ = ["Backoff", "Batch", "CannotRun", "Columns", "Consumer", "ExactlyOnceConsumer", "Item", "PoisonBatch",
+           "Retry", "RetryLater", "Runner", "UnknownConsumer", "dead_letter_topic", "group_id", "load_consumer",
+           "registered"]

@@ -19,13 +19,13 @@ The contract, which is all a consumer author needs to know:
 - A sink that stores columns sets ``columnar = True``: the runtime then decodes each batch
   straight into ``batch.columns`` (one list per event field, ``Columns``), without an event
   object per record; ``batch.items`` and ``batch.events`` still work, built when asked.
-- Sinks that can store offsets with their rows (a database) set ``stores_offsets = True``,
-  write ``batch.next_offsets`` in the same transaction as the rows, and implement
+- A sink that can store offsets with its rows (a database) subclasses ``ExactlyOnceConsumer``:
+  it writes ``batch.next_offsets`` in the same transaction as the rows and implements
   ``load_offsets``: on every assignment the runtime seeks to what the sink stored (a
-  partition the sink has never seen starts at the beginning). That is exactly once.
-  Such sinks also implement ``check_topic``: offsets are only valid for the topic they were
-  read from, so the sink keeps the topic's identity (cluster id and topic id) with them and
-  refuses to start on another (``identity.check`` does the comparison).
+  partition the sink has never seen starts as a fresh one). That is exactly once. It also
+  implements ``check_topic``: offsets are only valid for the topic they were read from, so
+  the sink keeps the topic's identity (cluster id and topic id) with them and refuses to
+  start on another (``identity.check`` does the comparison).
 """
 
 from __future__ import annotations
@@ -140,7 +140,6 @@ class Consumer(abc.ABC):
     group (``passpost-NAME``), dead-letter topic and metric labels are derived from it."""
 
     name: str = ""
-    stores_offsets: bool = False
     #: True: the runtime decodes a batch straight into ``batch.columns`` (one list per field) without a
     #: ``PassPostback`` per event, which costs the event loop more than twice the decoding (a sink that stores
     #: columns, like the analytics table, needs no object per event). ``batch.items`` still works, built on demand.
@@ -149,6 +148,13 @@ class Consumer(abc.ABC):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stopping = asyncio.Event()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The flag of earlier versions: honoured silently it would now mean at-least-once without a word.
+        if "stores_offsets" in vars(cls):
+            raise TypeError(f"{cls.__qualname__}: stores_offsets is gone; subclass ExactlyOnceConsumer (and implement "
+                            "load_offsets and check_topic) for a sink that stores its offsets")
 
     def first_read_since(self) -> float | None:
         """Where a partition this consumer has never read (no stored or committed offset) starts:
@@ -178,13 +184,22 @@ class Consumer(abc.ABC):
         """A reason to dead-letter ``event`` instead of writing it, or None."""
         return None
 
-    async def check_topic(self, topic: str, identity: TopicIdentity) -> None:
-        """For ``stores_offsets`` sinks, called before ``load_offsets``: raise ``identity.ForeignOffsets``
-        if the offsets stored for ``topic`` were read from another identity, else keep ``identity`` with them."""
-
-    async def load_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
-        """For ``stores_offsets`` sinks: the next offset to read of each partition the sink knows."""
-        return {}
-
     async def close(self) -> None:
         """Release connections. Called once, after the last commit."""
+
+
+class ExactlyOnceConsumer(Consumer):
+    """A consumer whose sink stores each batch's ``next_offsets`` in the same transaction as its rows.
+
+    The runtime then starts every assigned partition from the sink's offsets, not the consumer
+    group's: what the sink has is exactly what was read, whatever crashes or redeliveries happen."""
+
+    @abc.abstractmethod
+    async def check_topic(self, topic: str, identity: TopicIdentity) -> None:
+        """Called before ``load_offsets``, at the start and at each assignment: raise
+        ``identity.ForeignOffsets`` if the offsets stored for ``topic`` were read from another
+        identity (a re-created topic, another cluster), else keep ``identity`` with them."""
+
+    @abc.abstractmethod
+    async def load_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """The next offset to read of each of ``partitions`` the sink knows; the others start fresh."""

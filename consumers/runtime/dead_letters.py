@@ -14,6 +14,8 @@ import logging
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError
 
+from passpost.consumers.runtime.health import ConsumerMetrics
+from passpost.consumers.runtime.refusals import Refusals
 from passpost.kafka import KafkaUnavailable, client_options, create_topics, describe, start_client
 from passpost.settings import Settings
 from passpost.topic_metadata import describe_topics
@@ -26,9 +28,11 @@ def dead_letter_topic(name: str) -> str:
 
 
 class DeadLetters:
-    def __init__(self, settings: Settings, name: str) -> None:
+    def __init__(self, settings: Settings, name: str, refusals: Refusals, metrics: ConsumerMetrics) -> None:
         self.settings = settings
         self.name = name
+        self.refusals = refusals
+        self.metrics = metrics
         self.topic = dead_letter_topic(name)
         self._producer: AIOKafkaProducer | None = None  # made in start(): aiokafka wants the running loop
 
@@ -48,8 +52,16 @@ class DeadLetters:
             log.warning("consumer %s: %s does not exist and could not be created (%s); dead letters wait until it "
                         "does", self.name, self.topic, describe(error))
 
+    async def keep(self, record: ConsumerRecord, error: str, detail: str) -> None:
+        """Send until the broker acknowledges (the record's offset may move only after);
+        ``BatchAbandoned`` when stopped or revoked first."""
+        await self.refusals.persist(lambda: self.send(record, error, detail), (KafkaError,), "dead letter not kept")
+        self.metrics.dead_letter(error)
+        log.warning("consumer %s: %s/%d@%d to %s: %s", self.name, record.topic, record.partition, record.offset,
+                    self.topic, error)
+
     async def send(self, record: ConsumerRecord, error: str, detail: str) -> None:
-        """One attempt; ``KafkaError`` when the broker did not acknowledge (the caller retries)."""
+        """One attempt; ``KafkaError`` when the broker did not acknowledge."""
         assert self._producer is not None, "send() before start()"
         headers = [("error", error.encode()), ("detail", detail.encode()[:1000]),
                    ("topic", record.topic.encode()), ("partition", str(record.partition).encode()),
