@@ -59,7 +59,7 @@ def client_options(settings: Settings) -> dict[str, Any]:
 def _ssl_context(settings: Settings) -> ssl.SSLContext:
     """The TLS context of every client; a file that is not what its setting says is one line naming it."""
     try:
-        context = create_ssl_context(cafile=settings.kafka_ssl_ca_file)
+        context: ssl.SSLContext = create_ssl_context(cafile=settings.kafka_ssl_ca_file)
     except (ssl.SSLError, OSError) as error:
         raise ConfigurationError(f"PASSPOST_KAFKA_SSL_CA_FILE: {settings.kafka_ssl_ca_file} is not a CA bundle "
                                  f"in PEM ({describe(error)})") from None
