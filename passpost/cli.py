@@ -125,11 +125,10 @@ def consume(name: str) -> None:
     from passpost.consumers.runtime import Runner, load_consumer
 
     consumer_class = load_consumer(name)
-    # A consumer keeps two batches of decoded events alive (one decoded while the other is written):
-    # with the default first threshold (700) the collector ran every 700 allocations and kept moving
-    # them up to the old generation, whose full collections took 15% of the event loop's time (py-spy,
-    # bench/consume.py). Collecting the young generation every 100,000 allocations still finds
-    # cycles and took the analytics consumer from 27.6 to 25.9 us of CPU an event.
+    # A consumer keeps two batches of decoded events alive (one decoded while the other is written): at
+    # the default threshold the collector keeps promoting them and then scans them in full collections.
+    # The young generation is collected every 100,000 allocations instead, which still finds cycles
+    # (BENCHMARKS.md has the measurement).
     gc.set_threshold(100_000, 50, 100)
     asyncio.run(Runner(consumer_class(settings), settings).run())
 
