@@ -1,10 +1,14 @@
 """Every setting passpost reads, in one place.
 
-Settings come from ``PASSPOST_*`` environment variables. Each one is declared once
-in ``SETTINGS`` with its parser, default and a sentence for the README table, so the
-table, validation and the ``Settings`` object cannot drift apart. A bad value raises
-``SettingsError`` whose message is one line naming the variable; the CLI prints it and
-exits with status 2.
+Settings come from ``PASSPOST_*`` environment variables. Each one is declared once, as a
+field of the class of the component that reads it (``KafkaSettings``, ``IngressSettings``,
+...): its type, parser, default, a sentence for the README table and whether its value is a
+secret. ``Settings`` holds every component's fields, and ``SETTINGS`` lists the same
+declarations, so the table, validation and the ``Settings`` object cannot drift apart.
+A secret's value never appears in a repr, so neither in a log line nor a traceback.
+
+A bad value raises ``SettingsError`` whose message is one line naming the variable; the CLI
+prints it and exits with status 2.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import re
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from passpost.errors import ConfigurationError
 
@@ -166,6 +170,7 @@ class Setting:
     default: Any
     help: str
     secret: bool = False
+    component: str = ""
 
     @property
     def env(self) -> str:
@@ -179,197 +184,293 @@ class Setting:
             return "true" if self.default else "false"
         return str(self.default)
 
+    def shown(self, value: Any) -> str:
+        """``value`` as a repr or a log line may show it: a secret's only as set or not."""
+        if self.secret and value:
+            return HIDDEN
+        return repr(value)
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("kafka_bootstrap_servers", _bootstrap_servers, "localhost:9092",
-            "Kafka brokers, comma-separated `host:port`."),
-    Setting("kafka_client_id", _string, "passpost", "Client id sent to Kafka (shows in broker logs and quotas)."),
-    Setting("kafka_compression", _choice("lz4", "zstd", "gzip", "snappy", "none"), "lz4",
-            "Producer compression codec."),
-    Setting("kafka_linger_ms", _non_negative_int, 0,
-            "How long the producer waits to fill a batch. 0 suits the ingress: records of concurrent "
-            "requests share a batch anyway while the previous one is in flight."),
-    Setting("kafka_security_protocol", _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), "PLAINTEXT",
-            "`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`, for producer, consumers and admin alike."),
-    Setting("kafka_sasl_mechanism", _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"), "SCRAM-SHA-512",
-            "`PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (Strimzi's `KafkaUser` uses SCRAM-SHA-512)."),
-    Setting("kafka_sasl_username", _string, None, "SASL user name (required with `SASL_*`)."),
-    Setting("kafka_sasl_password", _string, None, "SASL password (required with `SASL_*`).", secret=True),
-    Setting("kafka_ssl_ca_file", _readable_file, None,
-            "CA bundle (PEM) that signed the brokers' certificates; the system's CAs when unset."),
-    Setting("kafka_ssl_cert_file", _readable_file, None, "Client certificate (PEM) for mutual TLS."),
-    Setting("kafka_ssl_key_file", _readable_file, None, "Private key (PEM) of the client certificate."),
-    Setting("events_topic", _topic, "pass-postbacks.v1", "Topic of the Avro events."),
-    Setting("dead_letter_topic", _topic, "pass-postbacks.dlq.v1",
-            "Topic of rejected request bodies, byte for byte, with the reason in headers."),
-    Setting("topic_partitions", _positive_int, 6, "Partitions for `passpost topics`."),
-    Setting("topic_replication_factor", _positive_int, 1,
-            "Replication factor for `passpost topics` (use 3 in production)."),
-    Setting("schema_registry_url", _http_url, None,
-            "Confluent-compatible schema registry (e.g. `http://apicurio:8080/apis/ccompat/v7`). Set, events are "
-            "written in the Confluent wire format under the subject `<events topic>-value`; unset, Avro "
-            "single-object encoding."),
-    Setting("schema_registry_username", _string, None, "User name for the schema registry (HTTP Basic)."),
-    Setting("schema_registry_password", _string, None, "Password for the schema registry (HTTP Basic).",
-            secret=True),
-    Setting("schema_registry_ca_file", _readable_file, None,
-            "CA bundle (PEM) that signed the schema registry's certificate; the system's CAs when unset."),
-    Setting("schema_registry_auto_register", _boolean, True,
-            "The ingress registers the event schema at start when the registry lacks it; false where only "
-            "`passpost schema register` may (the ingress then refuses to start until it is registered)."),
-    Setting("host", _string, "127.0.0.1", "Address `passpost serve` listens on."),
-    Setting("workers", _positive_int, 1,
-            "Processes of `passpost serve` on its one port (each with its own Kafka producer; one `/metrics` adds "
-            "them up). One per core; not with `PASSPOST_SPOOL_DIR`."),
-    Setting("port", _port, 8000, "Port `passpost serve` listens on."),
-    Setting("ingest_tokens", _tokens, (),
-            "Accepted ingest tokens, comma-separated; several at once allow rotation.", secret=True),
-    Setting("ingest_open", _boolean, False,
-            "Run the ingress without any token (refused unless set to true)."),
-    Setting("max_body_bytes", _positive_int, 1024 * 1024, "Largest request body accepted (413 above)."),
-    Setting("known_origins", _names, (),
-            "ORIGIN values counted by name in `passpost_events_produced_total{origin}`, comma-separated, besides the "
-            "vendor's documented `GENERATE_PASS`; any other origin is counted as `other`."),
-    Setting("max_items", _positive_int, 1000,
-            "Most postbacks (items) one request may hold; 413 `too_many_items` above, body dead-lettered."),
-    Setting("max_request_line_bytes", _int_at_least(256), 8 * 1024,
-            "Longest request line (method, path and query) accepted; 414 above, before credentials."),
-    Setting("max_header_bytes", _int_at_least(1024), 16 * 1024,
-            "Most bytes of request headers accepted; 431 above, before credentials and without buffering more."),
-    Setting("max_header_count", _positive_int, 100, "Most request headers accepted; 431 above."),
-    Setting("header_timeout_seconds", _seconds, 10.0,
-            "Time a client has to send the request line and headers; then 408 and the connection is closed."),
-    Setting("body_timeout_seconds", _seconds, 30.0,
-            "Time a client has to send the body once its headers are in; then 408 and the connection is closed."),
-    Setting("max_connections", _positive_int, 256,
-            "Most open client connections; one more is answered 503 and closed (each may hold a body in memory)."),
-    Setting("produce_timeout_seconds", _seconds, 5.0,
-            "How long a request waits for Kafka to confirm before answering 503 (the vendor gives up after 10 s)."),
-    Setting("retry_after_seconds", _positive_int, 30, "The `Retry-After` value sent with a 503."),
-    Setting("spool_dir", _string, None,
-            "Directory of the durable local spool: a request Kafka does not confirm in time is kept there, "
-            "answered 200 once on disk, and forwarded in order when Kafka is back (README, The spool). Unset: 503."),
-    Setting("spool_max_bytes", _int_at_least(64 * 1024), 1024 * 1024 * 1024,
-            "Most bytes the spool may hold; a request that does not fit is answered 503 with `Retry-After`."),
-    Setting("spool_drain_seconds", _seconds, 10.0,
-            "On SIGTERM, how long the forwarder keeps sending spooled records to Kafka before exiting; the rest "
-            "stays in the spool for the next start."),
-    Setting("shutdown_timeout_seconds", _seconds, 20.0,
-            "On SIGTERM, how long in-flight requests get to finish before the producer flushes."),
-    Setting("consumer_group", _string, None, "Consumer group of `passpost consume NAME`; `passpost-NAME` when unset."),
-    Setting("consumer_port", _port, 9100, "Port of a consumer's `/healthz`, `/readyz` and `/metrics`."),
-    Setting("consumer_batch_size", _positive_int, 5000, "Most events a consumer hands its sink in one batch."),
-    Setting("consumer_batch_max_bytes", _positive_int, 8 * 1024 * 1024,
-            "Most bytes fetched for one batch (bounds a consumer's memory whatever the backlog)."),
-    Setting("consumer_retry_max_seconds", _seconds, 30.0,
-            "Longest wait between retries of a batch the sink refused (the wait doubles from 0.1 s up to this)."),
-    Setting("consumer_stall_seconds", _seconds, 60.0,
-            "A consumer whose sink has refused batches for longer than this answers `/readyz` with 503 (stalled)."),
-    Setting("analytics_dsn", _analytics_dsn, "duckdb:///data/analytics.duckdb",
-            "Analytics store: `duckdb:///path` (relative to the working directory) or `postgresql://...`."),
-    Setting("analytics_reference_value", _choice("hash", "keep", "drop"), "hash",
-            "`reference_value` (an email or phone) in the analytics store: keyed `hash` (HMAC-SHA256), `keep` "
-            "as sent, or `drop`."),
-    Setting("analytics_hash_key", _string, None,
-            "Key of the `hash` mode; when unset the store generates one once and keeps it in its `passpost_meta` "
-            "table.", secret=True),
-    Setting("alertmanager_url", _http_url, None,
-            "Alertmanager to send alerts to (e.g. `http://alertmanager:9093`; they go to `/api/v2/alerts`)."),
-    Setting("alert_webhook_url", _http_url, None,
-            "URL that receives each alert notification as JSON shaped like Alertmanager's webhook."),
-    Setting("alert_webhook_format", _choice("alertmanager", "slack"), "alertmanager",
-            "`alertmanager` (its webhook payload, version 4) or `slack` (a `{\"text\": ...}` body)."),
-    Setting("alert_log", _boolean, True, "Also log every alert notification (always on when no other sink is set)."),
-    Setting("alert_rules_file", _readable_file, None,
-            "TOML or YAML (`.yaml`/`.yml`) alert rules tried before the built-in ones (README, Alerts)."),
-    Setting("alert_repeat_seconds", _seconds, 60.0,
-            "Shortest time between two notifications of one firing alert; a repeat is sent only when its count grew."),
-    Setting("alert_resolve_after_seconds", _seconds, 300.0,
-            "An alert resolves, and the resolution is sent, when its failures stopped for this long."),
-    Setting("alert_delivery_deadline_seconds", _seconds, 30.0,
-            "How long a sink retries (backoff from 0.2 s doubling to 5 s) before the batch fails and is retried "
-            "whole."),
-    Setting("alert_first_start_lookback_seconds", _seconds, 3600.0,
-            "On its first start (no state file, nothing committed) the alerts consumer reads events from this far "
-            "back, not the topic's whole retention."),
-    Setting("alert_state_file", _string, "data/alerts-state.json",
-            "The alerts consumer's local store: open alerts and the offsets they cover (keep it on a volume)."),
-    Setting("log_format", _choice("text", "json"), "text", "`text` for people, `json` for one JSON object per line."),
-    Setting("log_level", _choice("debug", "info", "warning", "error"), "info", "Lowest level logged."),
-)
+
+# What a repr shows in place of a secret that is set.
+HIDDEN = "<hidden>"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Settings:
-    kafka_bootstrap_servers: str
-    kafka_client_id: str
-    kafka_compression: str
-    kafka_linger_ms: int
-    kafka_security_protocol: str
-    kafka_sasl_mechanism: str
-    kafka_sasl_username: str | None
-    kafka_sasl_password: str | None = dataclasses.field(repr=False)
-    kafka_ssl_ca_file: str | None
-    kafka_ssl_cert_file: str | None
-    kafka_ssl_key_file: str | None
-    events_topic: str
-    dead_letter_topic: str
-    topic_partitions: int
-    topic_replication_factor: int
-    schema_registry_url: str | None
-    schema_registry_username: str | None
-    schema_registry_password: str | None = dataclasses.field(repr=False)
-    schema_registry_ca_file: str | None
-    schema_registry_auto_register: bool
-    host: str
-    workers: int
-    port: int
-    ingest_tokens: tuple[str, ...] = dataclasses.field(repr=False)
-    ingest_open: bool
-    max_body_bytes: int
-    known_origins: tuple[str, ...]
-    max_items: int
-    max_request_line_bytes: int
-    max_header_bytes: int
-    max_header_count: int
-    header_timeout_seconds: float
-    body_timeout_seconds: float
-    max_connections: int
-    produce_timeout_seconds: float
-    retry_after_seconds: int
-    spool_dir: str | None
-    spool_max_bytes: int
-    spool_drain_seconds: float
-    shutdown_timeout_seconds: float
-    consumer_group: str | None
-    consumer_port: int
-    consumer_batch_size: int
-    consumer_batch_max_bytes: int
-    consumer_retry_max_seconds: float
-    consumer_stall_seconds: float
-    analytics_dsn: str
-    analytics_reference_value: str
-    analytics_hash_key: str | None = dataclasses.field(repr=False)
-    alertmanager_url: str | None
-    alert_webhook_url: str | None
-    alert_webhook_format: str
-    alert_log: bool
-    alert_rules_file: str | None
-    alert_repeat_seconds: float
-    alert_resolve_after_seconds: float
-    alert_delivery_deadline_seconds: float
-    alert_first_start_lookback_seconds: float
-    alert_state_file: str
-    log_format: str
-    log_level: str
+class _Declaration:
+    parse: Callable[[str], Any]
+    help: str
+    secret: bool
+
+
+def _declare(parse: Callable[[str], T], default: T, help: str, *, secret: bool = False) -> T:
+    """A setting declared as a field of its component: its parser, default, README sentence
+    and whether its value is a secret. Typed as its value, which is what the field holds."""
+    declaration = _Declaration(parse, help, secret)
+    return dataclasses.field(default=default, metadata={_Declaration: declaration})
+
+
+class _Component:
+    """What every group of settings shares: a repr built from the declarations, in which a
+    secret's value never appears (so neither does it in a log line or a traceback)."""
+
+    def __repr__(self) -> str:
+        names = {field.name for field in dataclasses.fields(self)}  # type: ignore[arg-type]
+        shown = ", ".join(f"{setting.field}={setting.shown(getattr(self, setting.field))}"
+                          for setting in SETTINGS if setting.field in names)
+        return f"{type(self).__name__}({shown})"
+
+
+# One class per component, holding the settings it reads, in the order of the README's table.
+# Each field is the whole declaration of its setting; ``SETTINGS`` and ``Settings`` are built
+# from them.
+
+
+@dataclass(frozen=True, repr=False)
+class KafkaSettings(_Component):
+    """How every Kafka client connects: the ingress's producer, the consumers, the admin commands."""
+
+    kafka_bootstrap_servers: str = _declare(
+        _bootstrap_servers, "localhost:9092", "Kafka brokers, comma-separated `host:port`.")
+    kafka_client_id: str = _declare(
+        _string, "passpost", "Client id sent to Kafka (shows in broker logs and quotas).")
+    kafka_compression: str = _declare(
+        _choice("lz4", "zstd", "gzip", "snappy", "none"), "lz4", "Producer compression codec.")
+    kafka_linger_ms: int = _declare(
+        _non_negative_int, 0,
+        "How long the producer waits to fill a batch. 0 suits the ingress: records of concurrent "
+        "requests share a batch anyway while the previous one is in flight.")
+    kafka_security_protocol: str = _declare(
+        _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), "PLAINTEXT",
+        "`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`, for producer, consumers and admin alike.")
+    kafka_sasl_mechanism: str = _declare(
+        _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"), "SCRAM-SHA-512",
+        "`PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (Strimzi's `KafkaUser` uses SCRAM-SHA-512).")
+    kafka_sasl_username: str | None = _declare(
+        _string, None, "SASL user name (required with `SASL_*`).")
+    kafka_sasl_password: str | None = _declare(
+        _string, None, "SASL password (required with `SASL_*`).", secret=True)
+    kafka_ssl_ca_file: str | None = _declare(
+        _readable_file, None,
+        "CA bundle (PEM) that signed the brokers' certificates; the system's CAs when unset.")
+    kafka_ssl_cert_file: str | None = _declare(
+        _readable_file, None, "Client certificate (PEM) for mutual TLS.")
+    kafka_ssl_key_file: str | None = _declare(
+        _readable_file, None, "Private key (PEM) of the client certificate.")
+
+
+@dataclass(frozen=True, repr=False)
+class TopicSettings(_Component):
+    """The topics every component writes or reads, and how ``passpost topics`` creates them."""
+
+    events_topic: str = _declare(_topic, "pass-postbacks.v1", "Topic of the Avro events.")
+    dead_letter_topic: str = _declare(
+        _topic, "pass-postbacks.dlq.v1", "Topic of rejected request bodies, byte for byte, with the reason in headers.")
+    topic_partitions: int = _declare(_positive_int, 6, "Partitions for `passpost topics`.")
+    topic_replication_factor: int = _declare(
+        _positive_int, 1, "Replication factor for `passpost topics` (use 3 in production).")
+
+
+@dataclass(frozen=True, repr=False)
+class SchemaRegistrySettings(_Component):
+    """The schema registry the events' schema is registered in and read from."""
+
+    schema_registry_url: str | None = _declare(
+        _http_url, None,
+        "Confluent-compatible schema registry (e.g. `http://apicurio:8080/apis/ccompat/v7`). Set, events are "
+        "written in the Confluent wire format under the subject `<events topic>-value`; unset, Avro "
+        "single-object encoding.")
+    schema_registry_username: str | None = _declare(
+        _string, None, "User name for the schema registry (HTTP Basic).")
+    schema_registry_password: str | None = _declare(
+        _string, None, "Password for the schema registry (HTTP Basic).", secret=True)
+    schema_registry_ca_file: str | None = _declare(
+        _readable_file, None,
+        "CA bundle (PEM) that signed the schema registry's certificate; the system's CAs when unset.")
+    schema_registry_auto_register: bool = _declare(
+        _boolean, True,
+        "The ingress registers the event schema at start when the registry lacks it; false where only "
+        "`passpost schema register` may (the ingress then refuses to start until it is registered).")
+
+
+@dataclass(frozen=True, repr=False)
+class IngressSettings(_Component):
+    """``passpost serve``: where it listens, whom it lets in, what it accepts and how long it waits."""
+
+    host: str = _declare(_string, "127.0.0.1", "Address `passpost serve` listens on.")
+    workers: int = _declare(
+        _positive_int, 1,
+        "Processes of `passpost serve` on its one port (each with its own Kafka producer; one `/metrics` adds "
+        "them up). One per core; not with `PASSPOST_SPOOL_DIR`.")
+    port: int = _declare(_port, 8000, "Port `passpost serve` listens on.")
+    ingest_tokens: tuple[str, ...] = _declare(
+        _tokens, (), "Accepted ingest tokens, comma-separated; several at once allow rotation.", secret=True)
+    ingest_open: bool = _declare(_boolean, False, "Run the ingress without any token (refused unless set to true).")
+    max_body_bytes: int = _declare(_positive_int, 1024 * 1024, "Largest request body accepted (413 above).")
+    known_origins: tuple[str, ...] = _declare(
+        _names, (),
+        "ORIGIN values counted by name in `passpost_events_produced_total{origin}`, comma-separated, besides the "
+        "vendor's documented `GENERATE_PASS`; any other origin is counted as `other`.")
+    max_items: int = _declare(
+        _positive_int, 1000,
+        "Most postbacks (items) one request may hold; 413 `too_many_items` above, body dead-lettered.")
+    max_request_line_bytes: int = _declare(
+        _int_at_least(256), 8 * 1024,
+        "Longest request line (method, path and query) accepted; 414 above, before credentials.")
+    max_header_bytes: int = _declare(
+        _int_at_least(1024), 16 * 1024,
+        "Most bytes of request headers accepted; 431 above, before credentials and without buffering more.")
+    max_header_count: int = _declare(_positive_int, 100, "Most request headers accepted; 431 above.")
+    header_timeout_seconds: float = _declare(
+        _seconds, 10.0,
+        "Time a client has to send the request line and headers; then 408 and the connection is closed.")
+    body_timeout_seconds: float = _declare(
+        _seconds, 30.0,
+        "Time a client has to send the body once its headers are in; then 408 and the connection is closed.")
+    max_connections: int = _declare(
+        _positive_int, 256,
+        "Most open client connections; one more is answered 503 and closed (each may hold a body in memory).")
+    produce_timeout_seconds: float = _declare(
+        _seconds, 5.0,
+        "How long a request waits for Kafka to confirm before answering 503 (the vendor gives up after 10 s).")
+    retry_after_seconds: int = _declare(_positive_int, 30, "The `Retry-After` value sent with a 503.")
+
+
+@dataclass(frozen=True, repr=False)
+class SpoolSettings(_Component):
+    """``passpost serve`` when Kafka does not keep up or the process is told to stop: the spool and the drain."""
+
+    spool_dir: str | None = _declare(
+        _string, None,
+        "Directory of the durable local spool: a request Kafka does not confirm in time is kept there, "
+        "answered 200 once on disk, and forwarded in order when Kafka is back (README, The spool). Unset: 503.")
+    spool_max_bytes: int = _declare(
+        _int_at_least(64 * 1024), 1024 * 1024 * 1024,
+        "Most bytes the spool may hold; a request that does not fit is answered 503 with `Retry-After`.")
+    spool_drain_seconds: float = _declare(
+        _seconds, 10.0,
+        "On SIGTERM, how long the forwarder keeps sending spooled records to Kafka before exiting; the rest "
+        "stays in the spool for the next start.")
+    shutdown_timeout_seconds: float = _declare(
+        _seconds, 20.0, "On SIGTERM, how long in-flight requests get to finish before the producer flushes.")
+
+
+@dataclass(frozen=True, repr=False)
+class ConsumerSettings(_Component):
+    """``passpost consume NAME``: the runtime every consumer runs on."""
+
+    consumer_group: str | None = _declare(
+        _string, None, "Consumer group of `passpost consume NAME`; `passpost-NAME` when unset.")
+    consumer_port: int = _declare(_port, 9100, "Port of a consumer's `/healthz`, `/readyz` and `/metrics`.")
+    consumer_batch_size: int = _declare(
+        _positive_int, 5000, "Most events a consumer hands its sink in one batch.")
+    consumer_batch_max_bytes: int = _declare(
+        _positive_int, 8 * 1024 * 1024,
+        "Most bytes fetched for one batch (bounds a consumer's memory whatever the backlog).")
+    consumer_retry_max_seconds: float = _declare(
+        _seconds, 30.0,
+        "Longest wait between retries of a batch the sink refused (the wait doubles from 0.1 s up to this).")
+    consumer_stall_seconds: float = _declare(
+        _seconds, 60.0,
+        "A consumer whose sink has refused batches for longer than this answers `/readyz` with 503 (stalled).")
+
+
+@dataclass(frozen=True, repr=False)
+class AnalyticsSettings(_Component):
+    """``passpost consume analytics`` and ``passpost report``: the analytics store."""
+
+    analytics_dsn: str = _declare(
+        _analytics_dsn, "duckdb:///data/analytics.duckdb",
+        "Analytics store: `duckdb:///path` (relative to the working directory) or `postgresql://...`.")
+    analytics_reference_value: str = _declare(
+        _choice("hash", "keep", "drop"), "hash",
+        "`reference_value` (an email or phone) in the analytics store: keyed `hash` (HMAC-SHA256), `keep` "
+        "as sent, or `drop`.")
+    analytics_hash_key: str | None = _declare(
+        _string, None,
+        "Key of the `hash` mode; when unset the store generates one once and keeps it in its `passpost_meta` "
+        "table.", secret=True)
+
+
+@dataclass(frozen=True, repr=False)
+class AlertSettings(_Component):
+    """``passpost consume alerts``: where alerts go, which rules make them, how often they repeat."""
+
+    alertmanager_url: str | None = _declare(
+        _http_url, None,
+        "Alertmanager to send alerts to (e.g. `http://alertmanager:9093`; they go to `/api/v2/alerts`).")
+    alert_webhook_url: str | None = _declare(
+        _http_url, None, "URL that receives each alert notification as JSON shaped like Alertmanager's webhook.")
+    alert_webhook_format: str = _declare(
+        _choice("alertmanager", "slack"), "alertmanager",
+        "`alertmanager` (its webhook payload, version 4) or `slack` (a `{\"text\": ...}` body).")
+    alert_log: bool = _declare(
+        _boolean, True, "Also log every alert notification (always on when no other sink is set).")
+    alert_rules_file: str | None = _declare(
+        _readable_file, None,
+        "TOML or YAML (`.yaml`/`.yml`) alert rules tried before the built-in ones (README, Alerts).")
+    alert_repeat_seconds: float = _declare(
+        _seconds, 60.0,
+        "Shortest time between two notifications of one firing alert; a repeat is sent only when its count grew.")
+    alert_resolve_after_seconds: float = _declare(
+        _seconds, 300.0, "An alert resolves, and the resolution is sent, when its failures stopped for this long.")
+    alert_delivery_deadline_seconds: float = _declare(
+        _seconds, 30.0,
+        "How long a sink retries (backoff from 0.2 s doubling to 5 s) before the batch fails and is retried "
+        "whole.")
+    alert_first_start_lookback_seconds: float = _declare(
+        _seconds, 3600.0,
+        "On its first start (no state file, nothing committed) the alerts consumer reads events from this far "
+        "back, not the topic's whole retention.")
+    alert_state_file: str = _declare(
+        _string, "data/alerts-state.json",
+        "The alerts consumer's local store: open alerts and the offsets they cover (keep it on a volume).")
+
+
+@dataclass(frozen=True, repr=False)
+class LogSettings(_Component):
+    """How every command logs."""
+
+    log_format: str = _declare(
+        _choice("text", "json"), "text", "`text` for people, `json` for one JSON object per line.")
+    log_level: str = _declare(_choice("debug", "info", "warning", "error"), "info", "Lowest level logged.")
+
+
+@dataclass(frozen=True, repr=False)
+class Settings(KafkaSettings, TopicSettings, SchemaRegistrySettings, IngressSettings, SpoolSettings,
+               ConsumerSettings, AnalyticsSettings, AlertSettings, LogSettings):
+    """Every setting, one attribute each; an instance of each component's class as well."""
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
 
+# The components in the order of their bases above, which is the order of the README's table.
+COMPONENTS: tuple[type[_Component], ...] = Settings.__bases__
+
+
+def _component_name(component: type[_Component]) -> str:
+    """``SchemaRegistrySettings`` -> ``schema registry``."""
+    return re.sub(r"(?<!^)(?=[A-Z])", " ", component.__name__.removesuffix("Settings")).lower()
+
+
+def _declarations() -> tuple[Setting, ...]:
+    declared = []
+    for component in COMPONENTS:
+        for field in dataclasses.fields(component):  # type: ignore[arg-type]
+            declaration: _Declaration = field.metadata[_Declaration]
+            declared.append(Setting(field.name, declaration.parse, field.default, declaration.help,
+                                    declaration.secret, _component_name(component)))
+    return tuple(declared)
+
+
+SETTINGS: tuple[Setting, ...] = _declarations()
+
+
 def defaults() -> Settings:
     """Settings with every default, ignoring the environment."""
-    return Settings(**{setting.field: setting.default for setting in SETTINGS})
+    return Settings()
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:
@@ -415,7 +516,8 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
 
 
 def require_credentials(settings: Settings) -> None:
-    """The ingress refuses to run open by accident (SPEC section 2)."""
+    """The ingress never runs open by accident: with no token configured it refuses to start
+    unless ``PASSPOST_INGEST_OPEN`` says to run without one."""
     if not settings.ingest_tokens and not settings.ingest_open:
         raise SettingsError(
             f"{PREFIX}INGEST_TOKENS: no token configured; set one, or set {PREFIX}INGEST_OPEN=true to run without"

@@ -22,6 +22,7 @@ import pytest
 
 from tests.kafka_helpers import create_topics, read_all
 from tests.live import LiveIngress, live_ingress
+from tests.test_spool import wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -71,6 +72,16 @@ def keep_posting(url: str, worker: int, stop: threading.Event, answers: list[Ans
                 time.sleep(0.05)
 
 
+def answered_since(answers: list[Answer], moment: float) -> dict[str, int]:
+    """How many posts sent after ``moment`` each worker has had answered."""
+    counts: dict[str, int] = {}
+    for answer in list(answers):
+        if answer.sent > moment:
+            worker = answer.serial.split("-")[0]
+            counts[worker] = counts.get(worker, 0) + 1
+    return counts
+
+
 def test_no_postback_answered_200_is_lost_when_the_broker_goes_away(local_kafka, ingress: LiveIngress) -> None:  # type: ignore[no-untyped-def]
     answers: list[Answer] = []
     stop = threading.Event()
@@ -78,13 +89,17 @@ def test_no_postback_answered_200_is_lost_when_the_broker_goes_away(local_kafka,
     for worker in workers:
         worker.start()
     try:
-        time.sleep(3)
+        wait_for(lambda: sum(a.status == 200 for a in list(answers)) >= 20, 60, "the stream to be answered")
         local_kafka.stop()
         down_since = time.monotonic()
-        time.sleep(5)
+        # Each worker has two posts answered while the broker is down: at least one produce
+        # deadline each, and a post made after the first of them was refused.
+        wait_for(lambda: len(answered_since(answers, down_since)) == len(workers)
+                 and min(answered_since(answers, down_since).values()) >= 2, 60, "posts answered during the outage")
         up_from = time.monotonic()
         local_kafka.start()
-        time.sleep(6)
+        wait_for(lambda: any(a.status == 200 and a.sent > up_from + 1 for a in list(answers)), 60,
+                 "a post sent once the broker is back to be answered 200")
     finally:
         stop.set()
         for worker in workers:

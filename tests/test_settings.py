@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,53 @@ def test_no_token_is_refused_unless_open() -> None:
 
 def test_tokens_are_not_in_the_repr() -> None:
     assert "s3cret" not in repr(settings.load({"PASSPOST_INGEST_TOKENS": "s3cret"}))
+
+
+SECRETS = {"kafka_sasl_password", "schema_registry_password", "ingest_tokens", "analytics_hash_key"}
+
+
+def test_the_secrets_are_declared_as_such() -> None:
+    assert {setting.field for setting in settings.SETTINGS if setting.secret} == SECRETS
+
+
+def test_no_secret_value_appears_in_a_repr_or_str() -> None:
+    secret = {setting.env: f"s3cret-{setting.field}" for setting in settings.SETTINGS if setting.secret}
+    loaded = settings.load({**secret, "PASSPOST_SCHEMA_REGISTRY_USERNAME": "registry-user",
+                            "PASSPOST_KAFKA_SASL_USERNAME": "kafka-user"})
+    assert loaded.kafka_sasl_password == "s3cret-kafka_sasl_password"  # read, only not shown
+    for text in (repr(loaded), str(loaded), f"{loaded}", repr(settings.KafkaSettings(kafka_sasl_password="pw!"))):
+        assert "s3cret" not in text and "pw!" not in text
+    shown = repr(loaded)
+    assert shown.startswith("Settings(kafka_bootstrap_servers='localhost:9092', ")
+    for field in SECRETS:
+        assert f"{field}={settings.HIDDEN}" in shown  # set, and said to be
+    # Everything else is shown as it is, so a repr still tells what runs.
+    assert "kafka_sasl_username='kafka-user'" in shown and "schema_registry_username='registry-user'" in shown
+    assert "port=8000" in shown and "log_level='info'" in shown
+    # An unset secret is shown as unset.
+    unset = repr(settings.defaults())
+    assert "kafka_sasl_password=None" in unset and "ingest_tokens=()" in unset and settings.HIDDEN not in unset
+
+
+def test_settings_are_grouped_by_component() -> None:
+    loaded = settings.load({"PASSPOST_ALERT_STATE_FILE": "/var/lib/alerts.json"})
+    declared = {component: [field.name for field in dataclasses.fields(component)]
+                for component in settings.COMPONENTS}
+    # Each setting is declared by exactly one component, and the components in order are the table's order.
+    assert [name for names in declared.values() for name in names] == [setting.field for setting in settings.SETTINGS]
+    assert {setting.field: setting.component for setting in settings.SETTINGS} == {
+        name: settings._component_name(component) for component, names in declared.items() for name in names}
+    by_name = {setting.field: setting.component for setting in settings.SETTINGS}
+    assert (by_name["kafka_sasl_password"], by_name["schema_registry_url"], by_name["alert_state_file"]) == (
+        "kafka", "schema registry", "alert")
+    # Settings is each component at once: code that needs one component can ask for just that.
+    for component in settings.COMPONENTS:
+        assert isinstance(loaded, component)
+    alerts: settings.AlertSettings = loaded
+    assert alerts.alert_state_file == "/var/lib/alerts.json"
+    # A component alone has the same defaults as Settings.
+    assert settings.AlertSettings().alert_repeat_seconds == settings.defaults().alert_repeat_seconds == 60.0
+    assert repr(settings.LogSettings()) == "LogSettings(log_format='text', log_level='info')"
 
 
 def test_unknown_variables_are_reported() -> None:

@@ -7,8 +7,8 @@ answered 200 within the vendor's 10 s while the spool accepts, and every event a
 killed, after the broker was replaced; a full spool answers 503 with Retry-After.
 
 The issue's pause is 60 s at 20 requests/s with the default 5 s produce deadline; here the
-deadline is 2 s and the pause 15 s: still several deadlines long, so that requests are
-answered from the spool for most of it, and the suite stays short.
+deadline is 2 s and the pause lasts until more than 100 requests have been answered from the
+spool (about 8 s, several deadlines long), so that the suite stays short.
 """
 
 from __future__ import annotations
@@ -151,6 +151,12 @@ def check_per_key_order(events: list[dict]) -> None:  # type: ignore[type-arg]
         assert order == sorted(order), f"events of key {serial} out of order"
 
 
+def spool_answered(answers: list[Answer], paused_at: float, resumed_at: float) -> list[Answer]:
+    """The answers to requests sent while the spool answers for a paused broker: from a second
+    past the first produce deadline to a second before the resume."""
+    return [a for a in list(answers) if paused_at + DEADLINE + 1 < a.sent < resumed_at - 1]
+
+
 @contextmanager
 def paused(kafka: LocalKafka) -> Iterator[None]:
     kafka.pause()
@@ -168,14 +174,20 @@ def test_a_paused_broker_is_ridden_out_in_order(local_kafka: LocalKafka, tmp_pat
     spool = tmp_path / "spool"
     with live_ingress(env_for(local_kafka.bootstrap_servers, spool), tmp_path / "ingress.log") as ingress:
         with steady_posts(ingress.url, workers=4, per_second=5) as answers:  # 20 requests/s
-            time.sleep(3)
+            wait_for(lambda: sum(a.status == 200 for a in list(answers)) >= 20, 60, "the stream to be answered")
             with paused(local_kafka):
                 paused_at = time.monotonic()
-                time.sleep(15)
+                # Paused until more than 100 requests sent well after the first produce deadline
+                # (so the spool has taken over) have been answered, a second before the resume.
+                wait_for(lambda: len(spool_answered(answers, paused_at, time.monotonic())) > 100, 60,
+                         "requests answered while the broker is paused")
                 assert metric(ingress.url, "passpost_spool_events") > 0
                 assert httpx.get(f"{ingress.url}/readyz", timeout=5).status_code == 200
             resumed_at = time.monotonic()
-            time.sleep(5)
+            # Posting goes on until the forwarder has caught up and posts go to Kafka again.
+            wait_for(lambda: metric(ingress.url, "passpost_spool_events") == 0, 60, "the spool to drain under load")
+            drained_at = time.monotonic()
+            wait_for(lambda: sum(a.sent > drained_at for a in list(answers)) >= 4, 60, "posts after the drain")
         wait_for(lambda: metric(ingress.url, "passpost_spool_events") == 0, 60, "the spool to drain")
         spooled = metric(ingress.url, "passpost_spool_appended_events_total")
         forwarded = metric(ingress.url, "passpost_spool_forwarded_events_total")
@@ -184,7 +196,7 @@ def test_a_paused_broker_is_ridden_out_in_order(local_kafka: LocalKafka, tmp_pat
     assert all(a.status == 200 for a in answers), {a.status for a in answers}
     slowest = max(a.answered - a.sent for a in answers)
     assert slowest < 10, f"an answer took {slowest:.1f} s"
-    during = [a for a in answers if paused_at + DEADLINE + 1 < a.sent < resumed_at - 1]
+    during = spool_answered(answers, paused_at, resumed_at)
     assert len(during) > 100 and all(a.answered - a.sent < 1 for a in during), "answered from the spool"
     assert spooled >= len(during) and forwarded == spooled
 

@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from passpost.consumers.runtime import Batch, CannotRun, ExactlyOnceConsumer, RetryLater, group_id, identity
-from passpost.kafka import client_options
+from passpost.kafka import client_options, start_client
 from passpost.settings import Settings
 from passpost.topic_metadata import TopicIdentity
 
@@ -126,10 +126,12 @@ class AlertsConsumer(ExactlyOnceConsumer):
     async def _committed(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         # A throw-away client of the same group reads what the runtime committed; it never
         # joins the group (no subscribe), so it does not trigger a rebalance.
+        # Started inside the try: a reader that cannot connect is closed all the same, and
+        # start_client reports the failure in one line, as every other client does.
         reader = AIOKafkaConsumer(**client_options(self.settings), group_id=group_id(self.settings, self.name),
                                   enable_auto_commit=False)
-        await reader.start()
         try:
+            await start_client(reader, self.settings)
             found = {}
             for tp in partitions:
                 offset = await reader.committed(tp)

@@ -36,8 +36,8 @@ __all__ = ["AnalyticsConsumer"]
 
 
 def _hmac_pads(key: bytes) -> tuple[Any, Any]:
-    """HMAC-SHA256 (RFC 2104) with its two keyed states made once: per value, two copies and updates cost
-    0.7 us where ``hmac.new(...).hexdigest()`` costs 1.8 (measured; the event loop does this for every event)."""
+    """HMAC-SHA256 (RFC 2104) with its two keyed states made once per key: the event loop hashes every event,
+    so each value costs two copies and two updates, not a new ``hmac`` object (BENCHMARKS.md, issue 13)."""
     if len(key) > _SHA256_BLOCK:
         key = hashlib.sha256(key).digest()
     key = key.ljust(_SHA256_BLOCK, b"\0")

@@ -192,11 +192,11 @@ class Store(abc.ABC):
         return now.astimezone(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=23)
 
 
-#: DuckDB settings the store opens its file with, unless the DSN's query sets them. DuckDB's own default memory
-#: limit is 80% of the machine's memory, and it keeps every block of the file it has read or written cached up to
-#: it: the consumer's memory grew with the table (1,000,000 rows: 306 MiB peak RSS, 64 MiB of it DuckDB's cache).
-#: 64 MB bounds it (211-224 MiB at 1,000,000 rows, bench.consume); 32 MB saved ~25 MiB more but made inserts
-#: into a 3,000,000-row table half as slow again (its primary-key index no longer fits: 36 against 25 us a row).
+#: DuckDB settings the store opens its file with, unless the DSN's query sets them. DuckDB keeps every block of
+#: the file it has read or written cached up to its memory limit, 80% of the machine's by default, so without a
+#: limit the consumer's memory grows with the table. The limit bounds it, and must still hold the primary-key
+#: index of a table of millions of rows, or every insert slows down: the smallest limit that does is the one
+#: set (BENCHMARKS.md, the memory target of issue 13).
 DUCKDB_DEFAULTS: dict[str, str] = {"memory_limit": "64MB"}
 
 
@@ -242,8 +242,8 @@ class DuckDBStore(Store):
 
     def schema_statements(self) -> list[str]:
         # No secondary indexes on DuckDB: its ART indexes live in memory and slow every
-        # batch (measured: 23 -> 16 us per row, and the RSS target missed at 1M rows),
-        # while its per-block min/max zone maps already serve the range and equality scans.
+        # batch and grow the consumer's memory with the table (BENCHMARKS.md), while its
+        # per-block min/max zone maps already serve the range and equality scans.
         return [_TABLE.format(ts="TIMESTAMP", json="JSON"),
                 *(statement for statement in _SCHEMA if not statement.startswith("CREATE INDEX"))]
 
@@ -255,10 +255,10 @@ class DuckDBStore(Store):
         return super()._since(now).replace(tzinfo=None)
 
     def write(self, columns: Mapping[str, Sequence[Any]], offsets: dict[tuple[str, int], int]) -> None:
-        # DuckDB converts parameter lists value by value holding the GIL (~7 us a row, while the event loop has
-        # the next batch to decode; see BENCHMARKS.md). Instead the batch goes in as one tab-separated text that
-        # its CSV reader parses in its own threads (Python joins it in C: ~1 us a row; an Arrow table was no
-        # faster and pyarrow costs 47 MiB). Values text cannot carry (a tab, a line break, "\N") take the lists.
+        # The GIL belongs to the event loop, which has the next batch to decode: DuckDB converts parameter lists
+        # value by value holding it, so the batch goes in as one tab-separated text (joined in C) that its CSV
+        # reader parses in its own threads. Not Arrow: no faster, and pyarrow is too large to import for it
+        # (BENCHMARKS.md). Values text cannot carry (a tab, a line break, "\N") take the lists.
         params: list[Any] | None = None
         insert: str | None = None
         if columns[KEY]:
@@ -270,8 +270,8 @@ class DuckDBStore(Store):
         try:
             self._write(params, offsets, insert)
         except self._duckdb.ConstraintException:
-            # A plain INSERT costs less than ON CONFLICT (4.9 against 6.1 us a row, measured alone); an
-            # event_id already stored (a redelivery) makes it fail: the batch again, skipping those.
+            # A plain INSERT first, as ON CONFLICT costs more on every row; an event_id already stored
+            # (a redelivery, rare) makes it fail: then the batch again, skipping those.
             self._write(params, offsets, insert and insert + " ON CONFLICT (event_id) DO NOTHING")
 
     def _write_text(self, columns: Mapping[str, Sequence[Any]]) -> int | None:
@@ -383,8 +383,8 @@ class PostgresStore(Store):
                 if known_ids:
                     cursor.execute("CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE pass_postbacks) "
                                    "ON COMMIT DELETE ROWS")
-                # Binary: the values go as they are (no text to escape in Python, none to parse in the server);
-                # measured alone, 5000-row batches: client CPU 4.9 -> 1.6-2.0 us a row, server 6.8 -> 6.2.
+                # Binary: the values go as they are, with no text to escape in Python and none to parse in
+                # the server (BENCHMARKS.md, binary COPY).
                 with cursor.copy(f"COPY {'incoming' if known_ids else 'pass_postbacks'} ({', '.join(COLUMNS)}) "
                                  "FROM STDIN (FORMAT BINARY)") as copy:
                     copy.set_types(_BINARY_TYPES)
