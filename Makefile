@@ -13,14 +13,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: dev test check lint report bench kafka-jars system-deps clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml devkit/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test]' -e devkit
 	touch $(STAMP)
 
 kafka-jars: $(STAMP)
-	$(BIN)/python -m passpost.localkafka fetch
+	$(BIN)/python -m passpost_dev.kafka fetch
 
 dev: $(STAMP) kafka-jars
 	$(BIN)/passpost dev
@@ -47,4 +47,4 @@ bench: $(STAMP) kafka-jars
 	$(BIN)/python -m bench.ingest
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info devkit/*.egg-info .pytest_cache .hypothesis

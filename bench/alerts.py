@@ -83,7 +83,7 @@ from bench.ingest import (  # the ingress benchmark's helpers
     topic_records,
     wrk_script,
 )
-from passpost.ports import free_port
+from passpost_dev.ports import free_port
 
 TARGET_P99_S = 1.0
 FAILURE_CODES = ("N802", "N803", "N811", "N899")  # N899: unknown to SPEC section 1

@@ -204,7 +204,7 @@ def main() -> int:
 
     import tempfile
 
-    from passpost.localkafka import LocalKafka
+    from passpost_dev.kafka import LocalKafka
     from tests.kafka_helpers import create_topics, unique_topic
     from tests.live import live_ingress
 

@@ -28,6 +28,8 @@ def test_wheel_holds_every_module_and_data_file(tmp_path: Path) -> None:
     }
     assert expected - names == set()
     assert not any(name.startswith(("ingest/", "schemas/", "consumers/")) for name in names)
+    # The development tooling (devkit/, passpost-dev) stays out of the image.
+    assert not any(name.startswith("passpost_dev") or "localkafka" in name for name in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "passpost = passpost.cli:main" in text
