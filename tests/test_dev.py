@@ -143,7 +143,7 @@ def test_dev_runs_the_pipeline_and_prints_a_curl_whose_postback_lands_everywhere
         assert command is not None, dev.output
         shell = subprocess.run(["bash", "-c", command.group(1) or command.group(2)], cwd=tmp_path, capture_output=True,
                                text=True, timeout=60, check=False,
-                               env={**env, "PATH": "/usr/bin:/bin", "COLUMNS": "200"})
+                               env={**env, "PATH": "/usr/bin:/bin"})
         assert shell.returncode == 0, shell.stderr
         assert "2 postbacks" in shell.stdout
         # The example is dated 2013: the report says why its last 24 hours are empty.
