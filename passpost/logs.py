@@ -30,8 +30,8 @@ class TextFormatter(logging.Formatter):
 
 def _encoder() -> Any:
     # json.dumps with options, or JSONEncoder.encode, builds the C encoder anew for every
-    # call; made once here it is 1.9 µs a line instead of 3.1. The pure-Python encoder is
-    # the fallback where the C one is missing.
+    # call: it is made once here, so a line costs its encoding alone (BENCHMARKS.md, 925c5de).
+    # The pure-Python encoder is the fallback where the C one is missing.
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:  # pragma: no cover - CPython has it
         return json.JSONEncoder(default=str, ensure_ascii=False).iterencode
@@ -61,7 +61,7 @@ class JsonFormatter(logging.Formatter):
 
     def _utc_time(self, created: float) -> str:
         """``datetime.fromtimestamp(created, utc).isoformat(timespec="milliseconds")``, its
-        seconds written once a second: 0.3 instead of 1.4 µs a line."""
+        seconds formatted once a second rather than for every line (BENCHMARKS.md, 925c5de)."""
         second = int(created)
         micros = round((created - second) * 1e6)  # as datetime.fromtimestamp rounds
         if micros >= 1_000_000:
@@ -76,8 +76,8 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes lines in batches: a warning or worse at once (with every line before it), the
     rest at most ``FLUSH_SECONDS`` later, or as soon as ``FLUSH_BYTES`` are waiting.
 
-    The ingress writes an access line per request; a write and flush per line cost about
-    7 µs of CPU in-process and more where the stream is a pipe to the container runtime
+    The ingress writes an access line per request, so a line must not cost a write and a
+    flush of its own, in-process or where the stream is a pipe to the container runtime
     (BENCHMARKS.md, issue 13). Access logs are batched the same way by nginx (``buffer=``,
     ``flush=``). What a batch holds is lost if the process is killed outright (SIGKILL,
     the OOM killer): at most ``FLUSH_SECONDS`` of info lines. On a normal exit,
@@ -133,7 +133,7 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 def configure(log_format: str = "text", level: str = "info") -> None:
     # Left out of every record: the caller's file and line (a walk up the stack), thread, process
     # and multiprocessing names. No format here prints them, and the ingress writes a line per
-    # request (the logging HOWTO's "Optimization": about 4 µs a line of the ingress's CPU).
+    # request (the logging HOWTO's "Optimization"; what it saves: BENCHMARKS.md, 925c5de).
     logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
