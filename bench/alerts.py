@@ -83,10 +83,10 @@ from bench.ingest import (  # the ingress benchmark's helpers
     topic_records,
     wrk_script,
 )
-from passpost.ports import free_port
+from passpost_dev.ports import free_port
 
 TARGET_P99_S = 1.0
-FAILURE_CODES = ("N802", "N803", "N811", "N899")  # N899: unknown to SPEC section 1
+FAILURE_CODES = ("N802", "N803", "N811", "N899")  # N899: a code the vendor does not list (outcome UNKNOWN)
 
 # Paced wrk script. Arguments after "--": token, requests/s per thread, failure ratio,
 # seconds per origin phase, number of origins. LuaJIT's ffi reads the monotonic clock.

@@ -4,7 +4,7 @@
 
 What one run does (figures in BENCHMARKS.md):
 
-1. starts a local Kafka broker (``passpost.localkafka``), or uses the one named by
+1. starts a local Kafka broker (``passpost_dev.kafka``), or uses the one named by
    ``PASSPOST_KAFKA_BOOTSTRAP_SERVERS``, creates a fresh events topic and fills it with
    ``--events`` events encoded by the project's codec (``passpost.schemas.codec.encode``),
    keyed as the ingress keys them;
@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,10 +39,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from passpost import settings as settings_module
 from passpost.consumers.analytics.store import open_store
 from passpost.kafka import create_topics
-from passpost.localkafka import LocalKafka
-from passpost.ports import free_port
 from passpost.schemas.codec import decode, encode
 from passpost.schemas.event import PassPostback, classify
+from passpost_dev.kafka import LocalKafka
+from passpost_dev.ports import free_port
+from passpost_dev.processes import stop
 from tests.postgres_fixtures import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,11 +145,8 @@ def drain(bootstrap: str, topic: str, dsn: str, events: int, log: Path) -> tuple
         elapsed = time.perf_counter() - (started or 0)
         cpu = cpu_seconds(process.pid) - cpu
         rss = peak_rss_mib(process.pid)
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
     finally:
-        if process.poll() is None:
-            process.kill()
+        stop(process, timeout=60)
     store = open_store(dsn)
     try:
         assert store.count() == events, f"{dsn}: {store.count()} rows, expected {events}"

@@ -5,7 +5,7 @@
 What one run does (see BENCHMARKS.md for the figures measured so far):
 
 1. checks that ``wrk`` is installed (``sudo apt-get install -y wrk``);
-2. starts a local Kafka broker (``passpost.localkafka``), or uses the one named by
+2. starts a local Kafka broker (``passpost_dev.kafka``), or uses the one named by
    ``PASSPOST_KAFKA_BOOTSTRAP_SERVERS``, and creates fresh, empty events and
    dead-letter topics for this run;
 3. runs ``passpost serve`` as one process (uvicorn, httptools, uvloop, one worker, logs
@@ -65,8 +65,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from passpost.ports import free_port
-from passpost.processes import stop
+from passpost_dev.ports import free_port
+from passpost_dev.processes import stop
 
 ROOT = Path(__file__).resolve().parent.parent
 POST_LUA = ROOT / "bench" / "post.lua"
@@ -407,7 +407,7 @@ def kafka_process() -> Iterator[tuple[str, Any]]:
         log(f"using the Kafka at {configured} (PASSPOST_KAFKA_BOOTSTRAP_SERVERS)")
         yield configured, None
         return
-    from passpost.localkafka import LocalKafka, LocalKafkaError
+    from passpost_dev.kafka import LocalKafka, LocalKafkaError
 
     log("starting a local Kafka broker")
     kafka = LocalKafka()

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import click
 
 from passpost import settings as settings_module
-from passpost.errors import PasspostError
+from passpost.errors import ConfigurationError, PasspostError
 from passpost.kafka import create_topics
 from passpost.settings import Settings
 
@@ -92,11 +92,15 @@ def topics() -> None:
 @cli.command()
 @click.option("--port", type=click.IntRange(1, 65535), help="Port of the ingress [PASSPOST_PORT, default 8000].")
 def dev(port: int | None) -> None:
-    """Run the whole pipeline on this machine, with a local Kafka unless one is configured."""
-    settings = _settings(port=port)
-    from passpost.dev import run
-
-    run(settings)
+    """Run the whole pipeline on this machine, with a local Kafka unless one is configured (needs passpost-dev)."""
+    try:
+        from passpost_dev.dev import run
+    except ModuleNotFoundError as missing:
+        if missing.name is None or missing.name.partition(".")[0] != "passpost_dev":
+            raise
+        raise ConfigurationError("`passpost dev` needs the development package passpost-dev: install it "
+                                 "(`make dev` does, or `pip install -e devkit` in a checkout)") from None
+    run(_settings(port=port))
 
 
 @cli.group()
@@ -125,10 +129,10 @@ def consume(name: str) -> None:
     from passpost.consumers.runtime import Runner, load_consumer
 
     consumer_class = load_consumer(name)
-    # A consumer keeps two batches of decoded events alive (one decoded while the other is written): at
-    # the default threshold the collector keeps promoting them and then scans them in full collections.
-    # The young generation is collected every 100,000 allocations instead, which still finds cycles
-    # (BENCHMARKS.md has the measurement).
+    # A consumer keeps two batches of decoded events alive (one decoded while the other is written).
+    # At the default first threshold (700 allocations) the collector keeps promoting them to the old
+    # generation and scanning them again in full collections; collecting the young generation every
+    # 100,000 allocations still finds cycles without that (what it saves: BENCHMARKS.md, 04ec07f).
     gc.set_threshold(100_000, 50, 100)
     asyncio.run(Runner(consumer_class(settings), settings).run())
 

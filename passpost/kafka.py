@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import ssl
 from collections.abc import Iterable
@@ -120,12 +121,43 @@ def _creation_outcome(response: Any, name: str) -> str:
     return "created"
 
 
+class _Starting:
+    """One ``start_client`` call in progress; tasks the start spawns share it, so their lines are
+    quiet while it runs and shown again once it returns."""
+
+    active = True
+
+
+_starting: contextvars.ContextVar[_Starting | None] = contextvars.ContextVar("passpost_kafka_starting", default=None)
+
+
+class _QuietWhileStarting(logging.Filter):
+    """Leaves out what aiokafka logs for a client that ``start_client`` is starting; every other
+    line (other tasks, other clients, this one once started) passes. No logger's level changes,
+    so overlapping starts cannot leave one behind."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        starting = _starting.get()
+        return starting is None or not starting.active
+
+
+_QUIET_WHILE_STARTING = _QuietWhileStarting()
+
+
+def _quiet_aiokafka_loggers() -> None:
+    """Put the filter on every aiokafka logger there is (a filter applies to its own logger's
+    records only, not to its children's); adding it again is a no-op."""
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and (name == "aiokafka" or name.startswith("aiokafka.")):
+            logger.addFilter(_QUIET_WHILE_STARTING)
+
+
 async def start_client(client: Any, settings: Settings, timeout: float = 20.0) -> None:
     """Start an aiokafka client; if it cannot connect, close it and raise a one-line error."""
-    aiokafka_log = logging.getLogger("aiokafka")
-    level = aiokafka_log.level
     # aiokafka logs each refused connection itself; the error raised here says it once.
-    aiokafka_log.setLevel(logging.CRITICAL)
+    _quiet_aiokafka_loggers()
+    starting = _Starting()
+    token = _starting.set(starting)
     try:
         await asyncio.wait_for(client.start(), timeout)
     except (KafkaError, OSError, TimeoutError) as error:
@@ -137,7 +169,8 @@ async def start_client(client: Any, settings: Settings, timeout: float = 20.0) -
                 error = await asyncio.wait_for(_bootstrap_failure(settings), timeout) or error
         raise KafkaUnavailable(_connection_problem(error, settings)) from None
     finally:
-        aiokafka_log.setLevel(level)
+        starting.active = False
+        _starting.reset(token)
 
 
 async def _bootstrap_failure(settings: Settings) -> BaseException | None:

@@ -30,8 +30,8 @@ class TextFormatter(logging.Formatter):
 
 def _encoder() -> Any:
     # json.dumps with options, or JSONEncoder.encode, builds the C encoder anew for every
-    # call; made once here it is 1.9 µs a line instead of 3.1. The pure-Python encoder is
-    # the fallback where the C one is missing.
+    # call: it is made once here, so a line costs its encoding alone (BENCHMARKS.md, 925c5de).
+    # The pure-Python encoder is the fallback where the C one is missing.
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:  # pragma: no cover - CPython has it
         return json.JSONEncoder(default=str, ensure_ascii=False).iterencode
@@ -61,7 +61,7 @@ class JsonFormatter(logging.Formatter):
 
     def _utc_time(self, created: float) -> str:
         """``datetime.fromtimestamp(created, utc).isoformat(timespec="milliseconds")``, its
-        seconds written once a second: 0.3 instead of 1.4 µs a line."""
+        seconds formatted once a second rather than for every line (BENCHMARKS.md, 925c5de)."""
         second = int(created)
         micros = round((created - second) * 1e6)  # as datetime.fromtimestamp rounds
         if micros >= 1_000_000:
@@ -76,8 +76,8 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes lines in batches: a warning or worse at once (with every line before it), the
     rest at most ``FLUSH_SECONDS`` later, or as soon as ``FLUSH_BYTES`` are waiting.
 
-    The ingress writes an access line per request; a write and flush per line cost about
-    7 µs of CPU in-process and more where the stream is a pipe to the container runtime
+    The ingress writes an access line per request, so a line must not cost a write and a
+    flush of its own, in-process or where the stream is a pipe to the container runtime
     (BENCHMARKS.md, issue 13). Access logs are batched the same way by nginx (``buffer=``,
     ``flush=``). What a batch holds is lost if the process is killed outright (SIGKILL,
     the OOM killer): at most ``FLUSH_SECONDS`` of info lines. On a normal exit,
@@ -133,7 +133,7 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 def configure(log_format: str = "text", level: str = "info") -> None:
     # Left out of every record: the caller's file and line (a walk up the stack), thread, process
     # and multiprocessing names. No format here prints them, and the ingress writes a line per
-    # request (the logging HOWTO's "Optimization": about 4 µs a line of the ingress's CPU).
+    # request (the logging HOWTO's "Optimization"; what it saves: BENCHMARKS.md, 925c5de).
     logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
@@ -149,8 +149,8 @@ def configure(log_format: str = "text", level: str = "info") -> None:
     # Kafka trouble itself (503s, readiness, metrics), so keep aiokafka to warnings and above.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
     coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
-    if not any(isinstance(existing, _CoordinatorNotYetAvailable) for existing in coordinator.filters):
-        coordinator.addFilter(_CoordinatorNotYetAvailable())
+    if not any(isinstance(existing, _CoordinatorLookups) for existing in coordinator.filters):
+        coordinator.addFilter(_CoordinatorLookups())
     # The server's own access log prints the query string, which can hold a token.
     logging.getLogger("uvicorn.access").disabled = True
     # httpx logs every request at INFO (schema registry, alert sinks), URL included, which may hold
@@ -158,13 +158,23 @@ def configure(log_format: str = "text", level: str = "info") -> None:
     logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
 
 
-class _CoordinatorNotYetAvailable(logging.Filter):
-    """A broker that has just started has no group coordinator for a moment, and aiokafka
-    logs each retry of the look-up at ERROR. The consumer retries by itself (and its
-    /readyz says when it has no partitions), so these lines are noise: logged at DEBUG."""
+class _CoordinatorLookups(logging.Filter):
+    """aiokafka logs its group coordinator's routine look-ups as trouble: each retry while a
+    broker that has just started has no coordinator yet (ERROR, CoordinatorNotAvailable), and
+    each time it drops the coordinator it knew to look it up again (WARNING "Marking the
+    coordinator dead", several times on a group's first start while the broker loads its
+    offsets topic). The consumer retries by itself, its /readyz says when it has no
+    partitions, and a real failure (a session expired, a request that could not be sent) has
+    an ERROR line of its own; so these lines are logged at DEBUG."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR and "CoordinatorNotAvailable" in record.getMessage():
+        if self._routine(record):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True
+
+    @staticmethod
+    def _routine(record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return "CoordinatorNotAvailable" in record.getMessage()
+        return record.levelno == logging.WARNING and str(record.msg).startswith("Marking the coordinator dead")

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
-import warnings
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from passpost.localkafka import LocalKafka
 from tests.alertmanager_fixtures import alertmanager_url  # noqa: F401 (a fixture, for tests/test_alerts_*)
 from tests.kafka_helpers import create_topics
 from tests.podman_fixtures import passpost_image  # noqa: F401 (a fixture: the image, built with podman)
@@ -22,53 +17,12 @@ from tests.registry_fixtures import schema_registry  # noqa: F401 (a fixture: Ap
 # Kafka
 #
 # kafka_bootstrap  one broker for the whole session: PASSPOST_KAFKA_BOOTSTRAP_SERVERS if
-#                  set, else a testcontainers broker if Docker is there, else a LocalKafka
-#                  (a real broker run from Kafka's jars). Tests share it, so each test
-#                  should use its own topic names (tests.kafka_helpers.unique_topic).
+#                  set, else a LocalKafka (a real broker run from Kafka's jars). Tests share
+#                  it, so each test should use its own topic names (tests.kafka_helpers.unique_topic).
 # local_kafka      a LocalKafka of the test's own, for tests that stop, kill or restart it.
+#                  Both come from passpost-dev's pytest plugin (passpost_dev/pytest_plugin.py).
 # kafka_topics     create_topics bound to kafka_bootstrap.
 # ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    configured = os.environ.get("PASSPOST_KAFKA_BOOTSTRAP_SERVERS")
-    if configured:
-        yield configured
-        return
-    with contextlib.ExitStack() as stack:
-        bootstrap = _container_kafka(stack)
-        if bootstrap is None:
-            kafka = stack.enter_context(LocalKafka(tmp_path_factory.mktemp("kafka")))
-            print(f"session Kafka at {kafka.bootstrap_servers}, log {kafka.log_path}")
-            bootstrap = kafka.bootstrap_servers
-        yield bootstrap
-
-
-def _container_kafka(stack: contextlib.ExitStack) -> str | None:
-    """A broker in a container if testcontainers is installed and Docker answers."""
-    try:
-        import docker
-        from testcontainers.kafka import KafkaContainer
-
-        docker.from_env().ping()
-    except Exception:  # not installed, or no Docker engine: both mean "use LocalKafka"
-        return None
-    try:
-        container = stack.enter_context(KafkaContainer().with_kraft())
-        return str(container.get_bootstrap_server())
-    except Exception as error:
-        warnings.warn(f"Docker is reachable but its Kafka container did not start ({error}); "
-                      "using a local broker instead", stacklevel=1)
-        return None
-
-
-@pytest.fixture
-def local_kafka(tmp_path: Path) -> Iterator[LocalKafka]:
-    # In tmp_path, so that the broker's log outlives a failing test for a look.
-    with LocalKafka(tmp_path / "kafka") as kafka:
-        print(f"local Kafka at {kafka.bootstrap_servers}, log {kafka.log_path}")
-        yield kafka
 
 
 @pytest.fixture

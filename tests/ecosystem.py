@@ -23,14 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from passpost.localkafka import (
-    DEPENDENCY_PLUGIN,
-    KAFKA_VERSION,
-    LOG4J_VERSION,
-    _exclusive_lock,
-    _maven_error,
-    cache_root,
-)
+from passpost_dev.cache import cache_root, exclusive_lock
+from passpost_dev.kafka import DEPENDENCY_PLUGIN, KAFKA_VERSION, LOG4J_VERSION, maven_error
 from tests.live import free_port, stop
 
 APICURIO_VERSION = "3.3.3"
@@ -91,7 +85,7 @@ def _run_maven(args: list[str], cwd: Path, what: str) -> None:
                             check=False, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     if result.returncode != 0:
-        raise Missing(f"mvn could not fetch {what} (exit {result.returncode}): {_maven_error(result.stdout)}")
+        raise Missing(f"mvn could not fetch {what} (exit {result.returncode}): {maven_error(result.stdout)}")
 
 
 def apicurio_home() -> Path:
@@ -100,7 +94,7 @@ def apicurio_home() -> Path:
     if (home / _DONE).exists():
         return home / "app"
     home.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(home / ".lock"):
+    with exclusive_lock(home / ".lock"):
         if (home / _DONE).exists():
             return home / "app"
         download = home / "download"
@@ -128,7 +122,7 @@ def connect_libs() -> Path:
     if (home / _DONE).exists():
         return libs
     home.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(home / ".lock"):
+    with exclusive_lock(home / ".lock"):
         if (home / _DONE).exists():
             return libs
         partial = home / "libs.partial"

@@ -42,7 +42,7 @@ BUNDLE = (b"<POSTBACKS><POSTBACK><ORIGIN>GENERATE_PASS</ORIGIN><TIMESTAMP>2026-1
 SEEDS = (VENDOR_EXAMPLE, BUNDLE)
 
 SLOW_SECONDS = 5.0
-# Refusals whose body goes to the dead-letter topic (SPEC section 2); 413 body_too_large does not.
+# Refusals whose body goes to the dead-letter topic (the README's table of answers); 413 body_too_large does not.
 DEAD_LETTERED = {400, 422}
 DEAD_LETTERED_413 = {"event_too_large", "too_many_items"}
 
@@ -204,7 +204,7 @@ def main() -> int:
 
     import tempfile
 
-    from passpost.localkafka import LocalKafka
+    from passpost_dev.kafka import LocalKafka
     from tests.kafka_helpers import create_topics, unique_topic
     from tests.live import live_ingress
 

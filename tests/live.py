@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from passpost.ports import free_port
-from passpost.processes import stop
+from passpost_dev.ports import free_port
+from passpost_dev.processes import stop
 
 __all__ = ["LiveIngress", "free_port", "live_ingress", "wait_until_ready"]
 

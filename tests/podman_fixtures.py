@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from passpost.localkafka import cache_root
+from passpost_dev.cache import cache_root
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "localhost/passpost:test"

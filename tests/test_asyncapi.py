@@ -16,8 +16,8 @@ import yaml
 
 from passpost import settings as settings_module
 from passpost.ingest.app import Ingress
-from passpost.localkafka import _exclusive_lock, cache_root
 from passpost.schemas import evolution
+from passpost_dev.cache import cache_root, exclusive_lock
 from tests.ecosystem import unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def parser_modules() -> Path:
     home = cache_root() / f"asyncapi-parser-{PARSER_VERSION}-avro-{AVRO_PARSER_VERSION}"
     done = home / ".complete"
     home.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(home / ".lock"):
+    with exclusive_lock(home / ".lock"):
         if not done.exists():
             result = subprocess.run(
                 [str(npm), "install", "--no-audit", "--no-fund", "--no-save", "--prefix", str(home),

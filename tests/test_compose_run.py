@@ -27,7 +27,7 @@ import httpx
 import pytest
 import yaml
 
-from passpost.localkafka import LocalKafka
+from passpost_dev.kafka import LocalKafka
 from tests.live import free_port
 from tests.podman_fixtures import podman, podman_env
 from tests.test_manifests_run import OUT_OF_CREDITS, VENDOR_EXAMPLE, Webhook, wait_for

@@ -976,7 +976,9 @@ def test_dockerfile_installs_dependencies_before_code() -> None:
     copied = {rest.split()[0] for keyword, rest in build if keyword == "COPY"}
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     sources = set(pyproject["tool"]["setuptools"]["package-dir"].values())
-    needed = {"pyproject.toml", pyproject["project"]["readme"], *sources}
+    # The build backend's own folder too (pyproject's backend-path): `pip install .` runs it.
+    backend = pyproject["build-system"].get("backend-path", [])
+    needed = {"pyproject.toml", pyproject["project"]["readme"], *sources, *backend}
     assert needed <= copied, f"the Dockerfile misses {needed - copied}"
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     assert ignore[ignore.index("*") if "*" in ignore else 0] == "*"

@@ -21,7 +21,7 @@ import fastavro
 import httpx
 import pytest
 
-from passpost.dev import VENDOR_EXAMPLE
+from passpost_dev.dev import VENDOR_EXAMPLE
 from tests.kafka_helpers import read_all
 from tests.live import free_port, stop
 
@@ -143,7 +143,7 @@ def test_dev_runs_the_pipeline_and_prints_a_curl_whose_postback_lands_everywhere
         assert command is not None, dev.output
         shell = subprocess.run(["bash", "-c", command.group(1) or command.group(2)], cwd=tmp_path, capture_output=True,
                                text=True, timeout=60, check=False,
-                               env={**env, "PATH": "/usr/bin:/bin", "COLUMNS": "200"})
+                               env={**env, "PATH": "/usr/bin:/bin"})
         assert shell.returncode == 0, shell.stderr
         assert "2 postbacks" in shell.stdout
         # The example is dated 2013: the report says why its last 24 hours are empty.
@@ -181,8 +181,8 @@ def test_dev_with_its_port_taken_is_one_line_naming_the_setting(tmp_path: Path) 
 
 
 def test_maven_central_is_named_only_when_the_jars_are_downloaded(tmp_path: Path) -> None:
-    from passpost.dev import starting_message
-    from passpost.localkafka import KAFKA_VERSION, kafka_jars_cached
+    from passpost_dev.dev import starting_message
+    from passpost_dev.kafka import KAFKA_VERSION, kafka_jars_cached
 
     assert not kafka_jars_cached(tmp_path)
     (tmp_path / f"kafka-{KAFKA_VERSION}").mkdir()
@@ -190,3 +190,14 @@ def test_maven_central_is_named_only_when_the_jars_are_downloaded(tmp_path: Path
     assert kafka_jars_cached(tmp_path)
     assert "Maven Central" in starting_message(downloads=True)
     assert "Maven Central" not in starting_message(downloads=False)
+
+
+def test_without_passpost_dev_the_command_says_in_one_line_how_to_get_it() -> None:
+    """The image carries passpost alone: `passpost dev` there is one line and status 2, no traceback."""
+    script = ("import sys\nsys.modules['passpost_dev'] = None  # as if passpost-dev were not installed\n"
+              "from passpost.cli import main\nmain(['dev'])\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("passpost: error: `passpost dev` needs the development package passpost-dev")
+    assert "make dev" in line

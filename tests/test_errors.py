@@ -16,9 +16,9 @@ from passpost.consumers.runtime import CannotRun, UnknownConsumer
 from passpost.errors import ConfigurationError, PasspostError
 from passpost.ingest.server import PortUnavailable
 from passpost.kafka import KafkaUnavailable
-from passpost.localkafka import LocalKafkaError
 from passpost.schemas.registry_errors import RegistryUnavailable
 from passpost.settings import SettingsError
+from passpost_dev.kafka import LocalKafkaError
 
 ROOT = Path(__file__).parent.parent
 

@@ -24,9 +24,9 @@ from starlette.testclient import TestClient
 from passpost import settings as settings_module
 from passpost.ingest.app import POSTBACK_PATH, create_app
 from passpost.kafka import client_options, create_topics
-from passpost.localkafka import SECURE_LISTENERS, Certificates, LocalKafka, make_certificates
 from passpost.schemas.codec import decode
 from passpost.settings import Settings
+from passpost_dev.kafka import SECURE_LISTENERS, Certificates, LocalKafka, make_certificates
 from tests.live import free_port
 
 pytestmark = pytest.mark.kafka

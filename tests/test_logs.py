@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 from passpost.logs import BatchingStreamHandler, JsonFormatter, TextFormatter
 
@@ -43,6 +44,31 @@ def test_a_coordinator_not_yet_available_is_not_an_error_line(capsys) -> None:  
     coordinator.error("Heartbeat session expired - marking coordinator dead")
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and "ERROR" in lines[0] and "Heartbeat session expired" in lines[0]
+
+
+def test_a_coordinator_marked_dead_is_a_debug_line_not_a_warning(capsys) -> None:  # type: ignore[no-untyped-def]
+    """aiokafka's own call, as a consumer group's first start makes it several times."""
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+
+    from passpost.logs import configure
+
+    def mark_dead() -> None:
+        coordinator = SimpleNamespace(coordinator_id=1, group_id="passpost-analytics",
+                                      _coordinator_dead_fut=SimpleNamespace(set_result=lambda result: None))
+        GroupCoordinator.coordinator_dead(coordinator)
+
+    configure("text", "info")
+    mark_dead()
+    logging.getLogger("aiokafka.consumer.group_coordinator").warning("Heartbeat failed: rebalancing")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "WARNING" in lines[0] and "rebalancing" in lines[0]
+
+    logging.getLogger("aiokafka").setLevel(logging.DEBUG)  # who asks for aiokafka's debug lines gets it among them
+    mark_dead()
+    logging.getLogger().handlers[0].flush()
+    [line] = capsys.readouterr().err.splitlines()
+    assert " DEBUG aiokafka.consumer.group_coordinator Marking the coordinator dead (node 1)" in line
+    configure("text", "info")
 
 
 def test_json_time_is_what_datetime_writes_for_every_millisecond_edge() -> None:

@@ -301,11 +301,11 @@ def test_dev_overlay_runs_end_to_end(passpost_image: str, kafka_bootstrap: str, 
 def add_scram_users(kafka: Any, passwords: dict[str, str]) -> None:
     """SCRAM-SHA-512 credentials for more users, as Strimzi's User Operator would set them
     (Kafka's own ConfigCommand over the broker's PLAINTEXT listener)."""
-    from passpost.localkafka import _java, ensure_kafka_jars
+    from passpost_dev.kafka import ensure_kafka_jars, java_executable
 
     classpath = f"{ensure_kafka_jars()}/*"
     processes = [
-        subprocess.Popen([_java(), "-cp", classpath, "kafka.admin.ConfigCommand", "--bootstrap-server",
+        subprocess.Popen([java_executable(), "-cp", classpath, "kafka.admin.ConfigCommand", "--bootstrap-server",
                           kafka.bootstrap_servers, "--alter", "--add-config",
                           f"SCRAM-SHA-512=[iterations=4096,password={password}]", "--entity-type", "users",
                           "--entity-name", user], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -393,7 +393,7 @@ class AuthorizingKafka:
 
     @staticmethod
     def start(workdir: Path) -> Any:
-        from passpost.localkafka import LocalKafka
+        from passpost_dev.kafka import LocalKafka
 
         class Authorizing(LocalKafka):
             def _write_config(self) -> Path:  # one more setting than LocalKafka writes

@@ -1,4 +1,5 @@
-"""The wheel the container image installs holds every module, under the `passpost` namespace."""
+"""The wheel the container image installs holds every module, under the `passpost` namespace, and no development
+tooling; installing it, or passpost-dev, editable (`make dev`) prints nothing."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).parent.parent
 MAPPING = {"passpost": "passpost", "ingest": "passpost/ingest", "schemas": "passpost/schemas",
@@ -17,6 +20,7 @@ def test_wheel_holds_every_module_and_data_file(tmp_path: Path) -> None:
                             str(tmp_path), str(ROOT)], check=True, capture_output=True, text=True, timeout=300)
     # A newcomer's first install printed ~50 lines of setuptools deprecation warnings once.
     assert "deprecated" not in built.stdout + built.stderr
+    assert "BuildBackendWarning" not in built.stdout + built.stderr
     [wheel] = tmp_path.glob("passpost-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {
@@ -28,7 +32,20 @@ def test_wheel_holds_every_module_and_data_file(tmp_path: Path) -> None:
     }
     assert expected - names == set()
     assert not any(name.startswith(("ingest/", "schemas/", "consumers/")) for name in names)
+    # The development tooling (devkit/, passpost-dev) stays out of the image.
+    assert not any(name.startswith("passpost_dev") or "localkafka" in name for name in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "passpost = passpost.cli:main" in text
     assert "[passpost.consumers]" in text and "analytics" in text and "alerts" in text
+
+
+@pytest.mark.parametrize("project", [".", "devkit"])
+def test_an_editable_install_is_quiet(project: str, tmp_path: Path) -> None:
+    """What `make dev` runs for passpost and passpost-dev says nothing unless something is wrong."""
+    # --ignore-installed: the venv's own editable installs stay as they are.
+    installed = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                                "--no-deps", "--ignore-installed", "--prefix", str(tmp_path),
+                                "--editable", str(ROOT / project)], capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr
+    assert installed.stdout + installed.stderr == ""

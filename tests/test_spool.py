@@ -31,7 +31,7 @@ import fastavro
 import httpx
 import pytest
 
-from passpost.localkafka import LocalKafka
+from passpost_dev.kafka import LocalKafka
 from tests.kafka_helpers import create_topics, read_all
 from tests.live import LiveIngress, free_port, live_ingress, wait_until_ready
 

@@ -6,10 +6,11 @@ instead (``serving.py``): same query, same summary.
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from passpost.consumers.analytics import serving
 from passpost.consumers.analytics.store import StoreLocked, Summary, open_store
@@ -29,8 +30,22 @@ def read_summary(settings: Settings, now: datetime) -> Summary:
         store.close()
 
 
+# Wider than any table of the report: where there is no terminal, each table takes its own width.
+_NO_LIMIT = 10_000
+
+
+def report_console() -> Console:
+    """Standard output at the terminal's width (``COLUMNS`` if set). Piped or captured (``make report | less``,
+    a file, a CI log) there is no width to keep to, and rich would assume 80 columns and cut the tables."""
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=_NO_LIMIT)
+    return console
+
+
 def print_report(settings: Settings, console: Console | None = None, now: datetime | None = None) -> None:
-    console = console or Console()
+    """The summary as tables. Identifiers are never cut: in a terminal narrower than a table they fold."""
+    console = console or report_console()
     summary = read_summary(settings, now or datetime.now(UTC))
     console.print(f"[bold]{summary.total}[/bold] postbacks in {settings.analytics_dsn.split('@')[-1]}")
 
@@ -44,8 +59,8 @@ def print_report(settings: Settings, console: Console | None = None, now: dateti
                   caption=stale_note(summary), caption_justify="left")
     for hour, count, failures in summary.last_24h:
         hours.add_row(f"{hour:%Y-%m-%d %H:00}", str(count), str(failures))
-    failures_table = Table("received (UTC)", "status code", "origin", "serial number", "custom pass id",
-                           title="Latest failures", title_justify="left")
+    failures_table = Table("received (UTC)", "status code", *(Column(name, overflow="fold") for name in (
+        "origin", "serial number", "custom pass id")), title="Latest failures", title_justify="left")
     for received, code, origin, serial, custom in summary.latest_failures:
         failures_table.add_row(f"{received:%Y-%m-%d %H:%M:%S}", code, origin, serial or "", custom or "")
     for table in (outcomes, codes, hours, failures_table):

@@ -1,4 +1,4 @@
-"""``passpost dev``: the whole pipeline on one machine, for trying it out.
+"""What ``passpost dev`` runs: the whole pipeline on one machine, for trying it out.
 
 Starts a local Kafka broker unless ``PASSPOST_KAFKA_BOOTSTRAP_SERVERS`` names one,
 creates the topics, runs the built-in consumers (analytics into DuckDB, alerts to the
@@ -23,7 +23,6 @@ import os
 import secrets
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -33,10 +32,12 @@ from pathlib import Path
 import click
 
 from passpost.kafka import create_topics
-from passpost.ports import free_port
 from passpost.settings import Settings
+from passpost_dev.kafka import LocalKafka, kafka_jars_cached
+from passpost_dev.ports import free_port
+from passpost_dev.processes import stop_all
 
-VENDOR_EXAMPLE = resources.files("passpost").joinpath("vendor_example.xml").read_text()
+VENDOR_EXAMPLE = resources.files("passpost_dev").joinpath("vendor_example.xml").read_text()
 LOCAL_KAFKA_DIR = Path("data") / "kafka"  # relative, like the stores' default paths
 
 
@@ -46,8 +47,6 @@ def kafka_for(settings: Settings) -> Iterator[Settings]:
     if "PASSPOST_KAFKA_BOOTSTRAP_SERVERS" in os.environ:
         yield settings
         return
-    from passpost.localkafka import LocalKafka, kafka_jars_cached
-
     click.echo(starting_message(downloads=not kafka_jars_cached()), err=True)
     broker = LocalKafka(LOCAL_KAFKA_DIR.absolute()).start()  # the JVM runs in that folder (LocalKafkaError: 1 line)
     try:
@@ -100,14 +99,7 @@ def consumers_for(settings: Settings) -> Iterator[list[str]]:
             described.append(f"{name} (metrics on http://{settings.host}:{port}/metrics)")
         yield described
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all(processes)
 
 
 def curl_command(settings: Settings, token: str) -> str:

@@ -1,17 +1,14 @@
-"""The local broker is a real one: it confirms acks=all and keeps data across restarts."""
+"""The local broker (passpost_dev/kafka/broker.py) is a real one: it confirms acks=all and keeps data across
+restarts, and says why when it cannot start."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import ssl
-import threading
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from passpost.localkafka import LocalKafka, LocalKafkaError, ensure_kafka_jars, make_certificates
+from passpost_dev.kafka import LocalKafka, LocalKafkaError
 from tests.kafka_helpers import create_topics, read_all, run_sync, unique_topic
 
 
@@ -60,46 +57,6 @@ def test_a_broker_that_cannot_start_says_why_with_its_log(tmp_path: Path) -> Non
     assert "Invalid maximum heap size" in message  # the JVM's own words, from the log
     assert not kafka.running
     kafka.close()
-
-
-@pytest.mark.parametrize("missing", ["java", "mvn"])
-def test_a_missing_tool_is_a_one_line_error(missing: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for tool in {"java", "mvn"} - {missing}:
-        if found := shutil.which(tool):
-            (bin_dir / tool).symlink_to(found)
-    monkeypatch.setenv("PATH", str(bin_dir))
-    monkeypatch.delenv("JAVA_HOME", raising=False)
-    with pytest.raises(LocalKafkaError) as raised:
-        ensure_kafka_jars(tmp_path / "cache")
-    assert f"`{missing}` is not on PATH" in str(raised.value)
-    assert "\n" not in str(raised.value)
-
-
-def test_throwaway_ca_certificates_pass_a_mutual_tls_handshake_for_127_0_0_1(tmp_path: Path) -> None:
-    files = make_certificates(tmp_path)
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=files.ca_file)
-    server.load_cert_chain(files.server_cert_file, files.server_key_file)
-    server.verify_mode = ssl.CERT_REQUIRED
-    client = ssl.create_default_context(cafile=files.ca_file)  # checks the host name too
-    client.load_cert_chain(files.client_cert_file, files.client_key_file)
-    ours, theirs = socket.socketpair()
-    peer: dict[str, object] = {}
-
-    def serve() -> None:
-        with server.wrap_socket(theirs, server_side=True) as tls:
-            peer.update(tls.getpeercert() or {})
-
-    thread = threading.Thread(target=serve)
-    thread.start()
-    with client.wrap_socket(ours, server_hostname="127.0.0.1") as tls:
-        assert tls.version() in ("TLSv1.2", "TLSv1.3")
-    thread.join(10)
-    assert ((("commonName", "passpost"),),) == peer["subject"]
-
-    other = make_certificates(tmp_path / "other")  # a CA of its own, not the first one
-    assert other.ca_file.read_bytes() != files.ca_file.read_bytes()
 
 
 def test_secured_listeners_are_checked_and_absent_ones_named(tmp_path: Path) -> None:

@@ -1,0 +1,5 @@
+import sys
+
+from passpost_dev.kafka.cli import main
+
+sys.exit(main())

@@ -1,0 +1,38 @@
+"""Kafka fixtures for tests of passpost and of consumers written for it (a pytest11 plugin of passpost-dev).
+
+kafka_bootstrap  one broker for the whole session: ``PASSPOST_KAFKA_BOOTSTRAP_SERVERS`` if set,
+                 else a ``LocalKafka`` (a real KRaft broker run from Kafka's jars). Tests share
+                 it, so each test should use topic names of its own.
+local_kafka      a ``LocalKafka`` of the test's own, for tests that stop, kill or restart it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from passpost_dev.kafka import LocalKafka
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session broker's ``host:port``."""
+    configured = os.environ.get("PASSPOST_KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        yield configured
+        return
+    with LocalKafka(tmp_path_factory.mktemp("kafka")) as kafka:
+        print(f"session Kafka at {kafka.bootstrap_servers}, log {kafka.log_path}")
+        yield kafka.bootstrap_servers
+
+
+@pytest.fixture
+def local_kafka(tmp_path: Path) -> Iterator[LocalKafka]:
+    """A broker of this test's own, started; closed after it."""
+    # In tmp_path, so that the broker's log outlives a failing test for a look.
+    with LocalKafka(tmp_path / "kafka") as kafka:
+        print(f"local Kafka at {kafka.bootstrap_servers}, log {kafka.log_path}")
+        yield kafka
