@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import shlex
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -89,18 +91,46 @@ def topics() -> None:
                            err=True)
 
 
-@cli.command()
-@click.option("--port", type=click.IntRange(1, 65535), help="Port of the ingress [PASSPOST_PORT, default 8000].")
-def dev(port: int | None) -> None:
-    """Run the whole pipeline on this machine, with a local Kafka unless one is configured (needs passpost-dev)."""
+def _devkit(command: str) -> None:
+    """Raise the one line saying how to install passpost-dev unless it is importable."""
     try:
-        from passpost_dev.dev import run
+        import passpost_dev  # noqa: F401
     except ModuleNotFoundError as missing:
         if missing.name is None or missing.name.partition(".")[0] != "passpost_dev":
             raise
-        raise ConfigurationError("`passpost dev` needs the development package passpost-dev: install it "
+        raise ConfigurationError(f"`{command}` needs the development package passpost-dev: install it "
                                  "(`make dev` does, or `pip install -e devkit` in a checkout)") from None
-    run(_settings(port=port))
+
+
+@cli.command()
+@click.option("--port", type=click.IntRange(1, 65535), help="Port of the ingress [PASSPOST_PORT, default 8000].")
+@click.option("--consumer", "consumers", multiple=True, metavar="NAME",
+              help="Also run the registered consumer NAME (repeatable).")
+def dev(port: int | None, consumers: tuple[str, ...]) -> None:
+    """Run the whole pipeline on this machine, with a local Kafka unless one is configured (needs passpost-dev)."""
+    _devkit("passpost dev")
+    from passpost_dev.dev import run
+
+    run(_settings(port=port), consumers)
+
+
+@cli.group()
+def new() -> None:
+    """Start something new from a template (needs passpost-dev)."""
+
+
+@new.command("consumer")
+@click.argument("name")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+              help="Where to write the package [default: ./NAME].")
+def new_consumer(name: str, directory: Path | None) -> None:
+    """Write a package holding the consumer NAME: its code, a test against a real broker, an image, manifests."""
+    _devkit("passpost new")
+    from passpost_dev.scaffold import new_consumer as write
+
+    written = write(name, directory)
+    click.echo(f"Wrote the consumer {name} in {written}/ ({written / 'README.md'} says what next):\n"
+               f"  cd {shlex.quote(str(written))} && pip install -e '.[test]' && pytest")
 
 
 @cli.group()

@@ -25,7 +25,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -84,14 +84,25 @@ def report_hint() -> str:
 DEV_CONSUMERS = ("analytics", "alerts")
 
 
+def dev_consumers(extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """The built-ins, then each of ``extra`` once (``passpost dev --consumer NAME``), each checked to be
+    registered, so that a misspelt name is one line before anything starts."""
+    from passpost.consumers.runtime import load_consumer
+
+    names = tuple(dict.fromkeys((*DEV_CONSUMERS, *extra)))
+    for name in names:
+        load_consumer(name)  # UnknownConsumer: one line naming those registered, status 2
+    return names
+
+
 @contextlib.contextmanager
-def consumers_for(settings: Settings) -> Iterator[list[str]]:
-    """Each built-in consumer as its own `passpost consume` process, stopped with SIGTERM on exit."""
+def consumers_for(settings: Settings, names: Sequence[str] = DEV_CONSUMERS) -> Iterator[list[str]]:
+    """Each consumer of ``names`` as its own `passpost consume` process, stopped with SIGTERM on exit."""
     env = {**os.environ, "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers}
     processes: list[subprocess.Popen[bytes]] = []
     described: list[str] = []
     try:
-        for name in DEV_CONSUMERS:
+        for name in names:
             port = free_port()
             processes.append(subprocess.Popen(
                 [sys.executable, "-m", "passpost", "consume", name], env={**env, "PASSPOST_CONSUMER_PORT": str(port)},
@@ -112,9 +123,12 @@ def curl_command(settings: Settings, token: str) -> str:
     )
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings, consumers: Sequence[str] = ()) -> None:
+    """The pipeline with the built-in consumers and ``consumers`` (registered names) beside them."""
     from passpost.ingest.server import listening_socket
     from passpost.ingest.server import run as serve
+
+    names = dev_consumers(consumers)
 
     # Before anything starts: a taken port is one line naming the setting, as for `passpost serve`.
     listening_socket(settings.host, settings.port).close()
@@ -123,10 +137,10 @@ def run(settings: Settings) -> None:
     settings = settings.replace(ingest_tokens=settings.ingest_tokens or (token,))
     with kafka_for(settings) as settings:
         asyncio.run(create_topics(settings))
-        with consumers_for(settings) as consumers:
+        with consumers_for(settings, names) as described:
             click.echo(
                 f"\nThe ingress listens on http://{settings.host}:{settings.port} with token {token}\n"
-                f"Consumers: {', '.join(consumers)}; analytics in {settings.analytics_dsn}, "
+                f"Consumers: {', '.join(described)}; analytics in {settings.analytics_dsn}, "
                 f"alerts in this terminal. {report_hint()} shows what the store holds (from another "
                 "terminal too).\n"
                 f"Post the vendor's example (change N801 to N811 to see an alert):\n\n"
