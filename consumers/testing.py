@@ -11,6 +11,14 @@
 
 ``consume`` runs the real runtime (decode, dead letters, commits, the sink's offsets)
 until the consumer has handled every record the topic held when it was called.
+
+The ``kafka_bootstrap`` fixture comes from the development package passpost-dev, whose pytest
+plugin (``passpost_dev/pytest_plugin.py``) is registered under ``pytest11``: installing
+passpost-dev (``pip install passpost-dev``, or the ``test`` extra of a package ``passpost new
+consumer`` wrote) is enough, no ``conftest.py``. It is one broker per test session: the one
+``PASSPOST_KAFKA_BOOTSTRAP_SERVERS`` names, else a local KRaft broker run from Kafka's jars (Java 17+;
+the jars are fetched from Maven Central once, into ``~/.cache/passpost``). Tests share it, and
+``settings_for`` gives each its own topic and consumer group.
 """
 
 from __future__ import annotations
