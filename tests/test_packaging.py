@@ -31,6 +31,8 @@ def test_wheel_holds_every_module_and_data_file(tmp_path: Path) -> None:
         if "__pycache__" not in path.parts
     }
     assert expected - names == set()
+    # PEP 561: a consumer package (`passpost new consumer`) type-checks against passpost's annotations.
+    assert "passpost/py.typed" in names
     assert not any(name.startswith(("ingest/", "schemas/", "consumers/")) for name in names)
     # The development tooling (devkit/, passpost-dev) stays out of the image.
     assert not any(name.startswith("passpost_dev") or "localkafka" in name for name in names)
