@@ -43,6 +43,7 @@ from passpost.ingest.metrics import IngestMetrics, exposition
 from passpost.ingest.middleware import RequestContext, RequestLog, request_id_of
 from passpost.ingest.postback import OutputBudget, Rejected, extract_xml, parse_xml, postbacks_in
 from passpost.ingest.publisher import EventTooLarge, Publisher, Record, bounded_records
+from passpost.ingest.spool import SpoolRefused
 from passpost.kafka import KafkaUnavailable, max_record_bytes
 from passpost.settings import Settings
 
@@ -127,7 +128,7 @@ class Ingress:
             return await self._dead_letter(body, rejected, received_at, content_type, request_id)
         try:
             await self.publisher.publish(self.settings.events_topic, records)
-        except KafkaUnavailable as unavailable:
+        except (KafkaUnavailable, SpoolRefused) as unavailable:
             return self._unavailable(unavailable)
         except EventTooLarge as too_large:
             refusal = Rejected(413, "event_too_large", f"Kafka refused an event of this request as too large: "
@@ -182,18 +183,21 @@ class Ingress:
         ]
         try:
             await self.publisher.publish(self.settings.dead_letter_topic, [(None, body, headers)])
-        except KafkaUnavailable as unavailable:
+        except (KafkaUnavailable, SpoolRefused) as unavailable:
             # Not kept yet, so not refused yet either: the sender retries and nothing is lost.
             return self._unavailable(unavailable)
         self.metrics.dead_letters.labels(rejected.code).inc()
         return Answer.refusal(rejected.status, rejected.code, rejected.detail)
 
-    def _unavailable(self, unavailable: KafkaUnavailable) -> Answer:
+    def _unavailable(self, unavailable: KafkaUnavailable | SpoolRefused) -> Answer:
+        """503: nothing was kept, so the sender's retry loses nothing."""
         log.warning("answering 503: %s", unavailable)
-        return Answer.refusal(
-            503, "kafka_unavailable", "Kafka did not confirm the postback in time; retry later.",
-            headers={"Retry-After": str(self.settings.retry_after_seconds)},
-        )
+        if isinstance(unavailable, SpoolRefused):
+            code = unavailable.code
+            detail = "The spool that keeps postbacks while Kafka is away cannot take this one; retry later."
+        else:
+            code, detail = "kafka_unavailable", "Kafka did not confirm the postback in time; retry later."
+        return Answer.refusal(503, code, detail, headers={"Retry-After": str(self.settings.retry_after_seconds)})
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -255,6 +259,7 @@ class IngressApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == POSTBACK_PATH:
+            scope["app"] = self  # as Starlette.__call__ sets it for every other route
             await self.postback(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)

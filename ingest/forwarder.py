@@ -8,7 +8,7 @@ whether a spool is configured:
   the spool, and the request is answered 200 once they are on disk;
 * while the spool holds anything, new records are appended behind them, so that a key's
   records reach the topic in the order they arrived;
-* a full or unwritable spool raises ``KafkaUnavailable``: the request is answered 503.
+* a full or unwritable spool raises ``SpoolRefused``: the request is answered 503.
 
 The forwarder sends spooled records through the same idempotent producer (acks=all), in
 order, with their keys, headers and values as spooled, and moves the spool's cursor only
@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 
 from passpost.ingest.publisher import EventTooLarge, Publisher, Record
-from passpost.ingest.spool import Segment, Spool, SpoolFull, SpoolMetrics, SpoolUnavailable
+from passpost.ingest.spool import Segment, Spool, SpoolMetrics, SpoolRefused
 from passpost.ingest.spool_format import Corrupt, Entry, Torn
 from passpost.kafka import KafkaUnavailable
 from passpost.settings import Settings
@@ -104,20 +104,21 @@ class SpoolingPublisher:
         return self.spool.accepting
 
     async def publish(self, topic: str, records: Sequence[Record]) -> None:
+        """Records to Kafka, else to the spool; ``SpoolRefused`` when the spool cannot keep them."""
+        why = "records wait behind the spooled ones, Kafka not tried"
         if not self.spool.holding:
             try:
                 await self.publisher.publish(topic, records, late=self.metrics.duplicates.inc)
                 return
-            except KafkaUnavailable:
+            except KafkaUnavailable as unavailable:
                 self._suspect = True  # kept below instead of answered 503
+                why = str(unavailable)
         now = time.time()
         entries = [Entry(topic, key, value, list(headers or ()), now) for key, value, headers in records]
         try:
             await self.spool.append(entries)
-        except SpoolFull as error:
-            raise KafkaUnavailable(f"Kafka did not confirm in time and {error}") from None
-        except SpoolUnavailable as error:
-            raise KafkaUnavailable(f"Kafka did not confirm in time and {error}") from None
+        except SpoolRefused as error:
+            raise type(error)(f"{error} ({why})") from None
 
     # ------------------------------------------------------------------ the forwarder
 

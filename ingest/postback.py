@@ -279,12 +279,8 @@ _DROPPABLE = re.compile(rb"(?:(?:xmlns(?::[\w.\-]+)?|xsi:[\w.\-]+)=(?:\"[^\"]*\"
 _WELL_FORMED_ATTRIBUTES = re.compile(rb"(?:\s+[A-Za-z_:][\w.\-:]*\s*=\s*(?:\"[^\"<]*\"|'[^'<]*'))*\s*")
 
 
-def strip_root_attributes(xml: bytes) -> bytes | None:
-    """The document with its root's attributes dropped, or None if that could lose data."""
-    return _without_root_attributes(xml, _ROOT_START.match(xml))
-
-
 def _without_root_attributes(xml: bytes, match: re.Match[bytes] | None) -> bytes | None:
+    """The document with its root's attributes dropped, or None if that could lose data."""
     if match is None:
         return None
     if not _DROPPABLE.fullmatch(re.sub(rb"\s+", b"", match.group("attributes"))):

@@ -63,12 +63,21 @@ class SpoolDirError(ConfigurationError):
     """PASSPOST_SPOOL_DIR cannot be used; ``str()`` is one line naming it."""
 
 
-class SpoolFull(Exception):
-    """The spool holds PASSPOST_SPOOL_MAX_BYTES: the request is refused (503)."""
+class SpoolRefused(Exception):
+    """The spool cannot keep the records: the request is refused (503, ``code``). Not a
+    ``KafkaUnavailable``: whether Kafka was tried first is for the message to say."""
+
+    code = "spool_unavailable"
 
 
-class SpoolUnavailable(Exception):
-    """Writing to the spool failed (a disk error): the request is refused (503)."""
+class SpoolFull(SpoolRefused):
+    """The spool holds PASSPOST_SPOOL_MAX_BYTES."""
+
+    code = "spool_full"
+
+
+class SpoolUnavailable(SpoolRefused):
+    """Writing to the spool failed (a disk error)."""
 
 
 class SpoolMetrics:

@@ -1,3 +1,6 @@
 """passpost: Skycore pass postbacks into Kafka, and consumers that make use of them."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+# pyproject.toml is the one place the version is written.
+__version__ = version("passpost")

@@ -14,7 +14,7 @@ from typing import Any
 __all__ = ["Outcome", "PassPostback", "classify"]
 
 UTC = timezone.utc
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # Avro's timestamp-micros count from it
 _ONE_MICROSECOND = timedelta(microseconds=1)
 
 
@@ -54,7 +54,7 @@ def _as_utc(name: str, value: datetime) -> datetime:
 def _to_micros(value: datetime) -> int:
     # Exact integer arithmetic: going through float timestamps loses microseconds
     # for dates far from the epoch.
-    return (value - _EPOCH) // _ONE_MICROSECOND
+    return (value - EPOCH) // _ONE_MICROSECOND
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,5 +164,5 @@ def _from_wire(value: datetime | int) -> datetime:
     # conversion costs more than this); a datetime arrives when a caller read
     # the record with logical types on.
     if type(value) is int:
-        return _EPOCH + timedelta(0, 0, value)
+        return EPOCH + timedelta(0, 0, value)
     return value  # type: ignore[return-value]

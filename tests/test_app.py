@@ -333,3 +333,24 @@ def test_the_postback_route_answers_with_the_bytes_starlette_would_render(client
     body = response.json()
     assert response.content == json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
     assert body["events"] == 1 and len(body["event_ids"]) == 1
+
+
+def test_the_postback_route_sees_the_app_in_its_scope_as_every_route_does() -> None:
+    """Defect: the POST route bypassed Starlette.__call__, so scope["app"] was never set on that path."""
+    import asyncio
+
+    settings = settings_module.defaults().replace(ingest_tokens=(TOKEN,))
+    app = create_app(settings, publisher=object())  # type: ignore[arg-type]  (a 401 needs no publisher)
+    scope = {"type": "http", "method": "POST", "path": POSTBACK_PATH, "query_string": b"", "headers": [],
+             "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1)}
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 401
+    assert scope["app"] is app

@@ -312,7 +312,7 @@ def test_a_full_spool_answers_503_and_readyz_says_so(tmp_path: Path) -> None:
             refused = statuses[-1]
             assert [r.status_code for r in statuses[:-1]] == [200] * (len(statuses) - 1) and len(statuses) > 10
             assert refused.status_code == 503 and refused.headers["Retry-After"] == "30"
-            assert refused.json()["error"] == "kafka_unavailable"
+            assert refused.json()["error"] == "spool_full"
             # A dead letter that does not fit is not acknowledged either.
             assert client.post("/postbacks/passes", content=b"x" * 70000).status_code == 503
         assert httpx.get(f"{ingress.url}/readyz", timeout=5).status_code == 503
@@ -324,6 +324,8 @@ def test_a_full_spool_answers_503_and_readyz_says_so(tmp_path: Path) -> None:
         assert time.monotonic() - stopping < 3 + DEADLINE + 5
     assert list((tmp_path / "spool").glob("*.seg"))
     assert re.search(r"stopping with \d+ records in the spool", (tmp_path / "ingress.log").read_text())
+    refusals = [line for line in (tmp_path / "ingress.log").read_text().splitlines() if "answering 503" in line]
+    assert refusals and all("the spool holds" in line and "Kafka did not confirm" not in line for line in refusals)
 
 
 def test_a_spool_dir_that_cannot_be_used_is_one_line(tmp_path: Path) -> None:

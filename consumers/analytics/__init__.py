@@ -28,7 +28,7 @@ from passpost.consumers.analytics.store import Store, StoreUnavailable, extra_js
 from passpost.consumers.runtime import Batch, Columns, ExactlyOnceConsumer, Item, PoisonBatch, RetryLater, identity
 from passpost.consumers.runtime.health import Route
 from passpost.errors import one_line
-from passpost.schemas.event import PassPostback
+from passpost.schemas.event import EPOCH, PassPostback
 from passpost.settings import Settings
 from passpost.topic_metadata import TopicIdentity
 
@@ -57,10 +57,8 @@ _SHA256_BLOCK = 64
 
 
 def _datetime(micros: int | None) -> datetime | None:
-    return None if micros is None else _EPOCH + timedelta(microseconds=micros)
+    return None if micros is None else EPOCH + timedelta(microseconds=micros)
 
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class AnalyticsConsumer(ExactlyOnceConsumer):
