@@ -1,6 +1,6 @@
 """The ingress: a Starlette app that turns pass postbacks into Kafka events.
 
-``POST /postbacks/passes`` answers (SPEC section 2):
+``POST /postbacks/passes`` answers (docs/contract.md, "The HTTP answers"):
 
 * 200 once Kafka confirmed an event for every item of the request;
 * 400 / 422 for a body that is not a postback, after writing it to the dead-letter topic;
@@ -43,13 +43,13 @@ from passpost.ingest.metrics import IngestMetrics, exposition
 from passpost.ingest.middleware import RequestContext, RequestLog, request_id_of
 from passpost.ingest.postback import OutputBudget, Rejected, extract_xml, parse_xml, postbacks_in
 from passpost.ingest.publisher import EventTooLarge, Publisher, Record, bounded_records
+from passpost.ingest.routes import ALL_PATHS, HEALTH_PATH, METRICS_PATH, POSTBACK_PATH, READY_PATH
 from passpost.ingest.spool import SpoolRefused
 from passpost.kafka import KafkaUnavailable, max_record_bytes
 from passpost.settings import Settings
 
 log = logging.getLogger("passpost.ingest")
 
-POSTBACK_PATH = "/postbacks/passes"
 
 
 class BodyTooLarge(Exception):
@@ -248,8 +248,8 @@ class IngressApp(Starlette):
     """The ingress's Starlette app, with ``POST /postbacks/passes`` taken straight to its endpoint.
 
     Every request of the pipeline goes that way, and Starlette's layers (error and
-    exception middleware, router, ``Request``, ``JSONResponse``) cost about 20 µs of CPU a
-    request, a tenth of the ingress's total (BENCHMARKS.md, issue 13). The endpoint does
+    exception middleware, router, ``Request``, ``JSONResponse``) are a measurable share of its
+    CPU (BENCHMARKS.md, issue 13). The endpoint does
     itself what they did for it; every other route and method goes through them.
     """
 
@@ -283,14 +283,14 @@ def create_app(
             ingress.draining = True
             await ingress.publisher.stop()
 
-    requests = RequestLog(metrics, {POSTBACK_PATH, "/healthz", "/readyz", "/metrics"})
+    requests = RequestLog(metrics, ALL_PATHS)
     postback = PostbackEndpoint(ingress, requests)
     routes = [
         # IngressApp takes POSTs before routing; the route answers other methods 405.
         Route(POSTBACK_PATH, postback, methods=["POST"]),
-        Route("/healthz", ingress.healthz, methods=["GET"]),
-        Route("/readyz", ingress.readyz, methods=["GET"]),
-        Route("/metrics", ingress.metrics_text, methods=["GET"]),
+        Route(HEALTH_PATH, ingress.healthz, methods=["GET"]),
+        Route(READY_PATH, ingress.readyz, methods=["GET"]),
+        Route(METRICS_PATH, ingress.metrics_text, methods=["GET"]),
     ]
     app = IngressApp(
         postback,

@@ -1,7 +1,7 @@
 """One HTTP/1.1 connection under limits, enforced before the app and before credentials.
 
 The ingress faces the internet, so what a client can make the server hold is bounded
-here, in uvicorn's httptools protocol, where the bytes arrive (SPEC section 2):
+here, in uvicorn's httptools protocol, where the bytes arrive (docs/contract.md, "The HTTP answers"):
 
 * a request line over ``request_line_bytes`` is answered 414, request headers over
   ``header_bytes`` or ``header_count`` 431; no more than the limit (plus the rest of

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Sequence
 
+from passpost.backoff import Backoff
 from passpost.ingest.publisher import EventTooLarge, Publisher, Record
 from passpost.ingest.spool import Segment, Spool, SpoolMetrics, SpoolRefused
 from passpost.ingest.spool_format import Corrupt, Entry, Torn
@@ -35,8 +36,7 @@ log = logging.getLogger("passpost.ingest.spool")
 
 # Waits between forwarding attempts while Kafka is away: short at first, since most
 # outages are a broker restart, then no more than a few seconds.
-_RETRY_FIRST_SECONDS = 0.2
-_RETRY_MAX_SECONDS = 5.0
+_BACKOFF = Backoff(initial=0.2, cap=5.0)
 _BATCH_BYTES = 1024 * 1024
 
 
@@ -49,7 +49,7 @@ class SpoolingPublisher:
         self._forwarder: asyncio.Task[None] | None = None
         self._starting: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self._retry = _RETRY_FIRST_SECONDS
+        self._failed_attempts = 0
         self._kafka_down_logged = False
         self._suspect = False  # True while Kafka seems away: the forwarder then probes with one record
 
@@ -151,7 +151,7 @@ class SpoolingPublisher:
                 if self._starting is not None and self._starting.exception() is not None:
                     self._note_down(str(self._starting.exception()))
                 self._starting = asyncio.get_running_loop().create_task(self.publisher.start())
-            await asyncio.wait({self._starting}, timeout=_RETRY_MAX_SECONDS)
+            await asyncio.wait({self._starting}, timeout=_BACKOFF.cap)
             if not self.publisher.running:
                 self._suspect = True
                 return False
@@ -178,7 +178,7 @@ class SpoolingPublisher:
         if self._kafka_down_logged:
             log.warning("Kafka is back; forwarding the spool (%d records left)", self.spool.held)
             self._kafka_down_logged = False
-        self._retry = _RETRY_FIRST_SECONDS
+        self._failed_attempts = 0
         return True
 
     async def _send_one_by_one(self, segment: Segment, run: list[tuple[int, int, Entry]]) -> None:
@@ -206,12 +206,10 @@ class SpoolingPublisher:
             self._kafka_down_logged = True
 
     async def _wait_before_retry(self) -> None:
-        if self._stopping.is_set():
-            # Shutting down with Kafka away: nothing more will be forwarded in time.
-            await asyncio.sleep(min(self._retry, 0.5))
-        else:
-            await asyncio.sleep(self._retry)
-        self._retry = min(self._retry * 2, _RETRY_MAX_SECONDS)
+        delay = _BACKOFF.delay(self._failed_attempts)
+        self._failed_attempts += 1
+        # Shutting down with Kafka away: nothing more will be forwarded in time.
+        await asyncio.sleep(min(delay, 0.5) if self._stopping.is_set() else delay)
 
 
 def publisher_for(settings: Settings, publisher: Publisher, metrics_registry: object) -> Publisher | SpoolingPublisher:

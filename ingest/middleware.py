@@ -20,13 +20,14 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from passpost.ingest.metrics import IngestMetrics
+from passpost.ingest.routes import QUIET_PATHS
 
 log = logging.getLogger("passpost.access")
 
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
-_QUIET_ROUTES = frozenset({"/metrics", "/healthz", "/readyz"})  # probes and scrapes: counted, not logged
+
 
 
 class RequestLog:
@@ -34,7 +35,7 @@ class RequestLog:
     Starlette routes by way of ``RequestContext``, for the postback route directly (the
     ingress's ``IngressApp`` answers it without Starlette's layers)."""
 
-    def __init__(self, metrics: IngestMetrics, routes: set[str]) -> None:
+    def __init__(self, metrics: IngestMetrics, routes: frozenset[str]) -> None:
         self.metrics = metrics
         self.routes = routes
         # `.labels()` takes a lock and builds a key on every call; this runs per request.
@@ -48,7 +49,7 @@ class RequestLog:
         path: str = scope["path"]
         route = path if path in self.routes else "unmatched"
         self._count(route, scope["method"], status, elapsed)
-        if route not in _QUIET_ROUTES and log.isEnabledFor(logging.INFO):
+        if route not in QUIET_PATHS and log.isEnabledFor(logging.INFO):
             line = {"request_id": request_id, "method": scope["method"], "path": path[:200], "status": status,
                     "duration_ms": round(elapsed * 1000, 2)}
             if fields:
@@ -130,7 +131,7 @@ def new_request_id() -> str:
 
 
 # A new request id is this process's random half and a count: unique across processes and
-# restarts like a random one, without a getrandom() system call per request (1 µs, and a
-# request id is for finding lines, not a secret). Workers are spawned, so each draws its own.
+# restarts like a random one, without a getrandom() system call per request (a request id
+# is for finding lines, not a secret). Workers are spawned, so each draws its own.
 _PROCESS_ID = os.urandom(8).hex()
 _SEQUENCE = itertools.count(int.from_bytes(os.urandom(4), "big"))

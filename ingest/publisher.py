@@ -30,13 +30,13 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 
+from passpost.errors import describe_error
 from passpost.ingest.metrics import IngestMetrics
 from passpost.ingest.partitioner import partition_for
 from passpost.ingest.postback import OutputBudget, Rejected
 from passpost.kafka import (
     KafkaUnavailable,
     client_options,
-    describe,
     max_record_bytes,
     start_client,
 )
@@ -52,7 +52,7 @@ Record = tuple[bytes | None, bytes, Headers | None]
 
 
 def event_records(events: Iterable[PassPostback], headers: Headers, schema_id: int | None = None) -> list[Record]:
-    """Events as ``(key, value, headers)`` records for the events topic (SPEC section 3): the
+    """Events as ``(key, value, headers)`` records for the events topic (docs/contract.md, "The events"): the
     Confluent wire format when a schema registry gave ``schema_id``, else single-object encoding."""
     if schema_id is not None:
         return [(event.kafka_key(), encode_confluent(event, schema_id), headers) for event in events]
@@ -240,7 +240,7 @@ class Publisher:
             await asyncio.wait_for(producer.flush(), timeout)
         except (asyncio.TimeoutError, KafkaError) as error:
             log.warning("records not confirmed at shutdown are dropped (their requests got 503): %s",
-                        describe(error))
+                        describe_error(error))
         try:
             await asyncio.wait_for(producer.stop(), timeout)
         except asyncio.TimeoutError:
@@ -302,10 +302,10 @@ class Publisher:
             self._metrics.produce_errors.labels(topic, type(error).__name__).inc()
             if isinstance(error, (MessageSizeTooLargeError, RecordTooLargeError)):
                 # The topic's max.message.bytes is below what this ingress was set up for.
-                raise EventTooLarge(describe(error)) from None
+                raise EventTooLarge(describe_error(error)) from None
             if isinstance(error, _BROKEN_PRODUCER_STATE):
                 self._replace_later(producer)
-            raise KafkaUnavailable(f"Kafka refused the records: {describe(error)}") from None
+            raise KafkaUnavailable(f"Kafka refused the records: {describe_error(error)}") from None
         finally:
             wait.finish()
         latency = self._produce_latency.get(topic)

@@ -25,10 +25,11 @@ from datetime import datetime, timezone
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
+from passpost.errors import describe_error
 from passpost.ingest.metrics import IngestMetrics
 from passpost.ingest.postback import OutputBudget, Rejected, read_postbacks
 from passpost.ingest.publisher import Publisher, bounded_records
-from passpost.kafka import KafkaUnavailable, client_options, describe, max_record_bytes, start_client
+from passpost.kafka import KafkaUnavailable, client_options, max_record_bytes, start_client
 from passpost.settings import Settings
 
 log = logging.getLogger("passpost.replay")
@@ -101,7 +102,7 @@ async def replay(settings: Settings, *, from_beginning: bool = False, dry_run: b
                         await consumer.commit({tp: records[-1].offset + 1})
         return report
     except KafkaError as error:
-        raise KafkaUnavailable(f"replay stopped: {describe(error)}") from None
+        raise KafkaUnavailable(f"replay stopped: {describe_error(error)}") from None
     finally:
         await publisher.stop()
         await consumer.stop()

@@ -73,10 +73,10 @@ def uvicorn_config(app: ASGIApp, settings: Settings, metrics: IngestMetrics | No
 
 def _tune_garbage_collector() -> None:
     """A request allocates a few hundred objects, almost none of them in cycles, so the
-    default threshold (a young-generation pass every 700 allocations) spends about 5 % of the
-    ingress's CPU finding nothing (py-spy, BENCHMARKS.md). Passes every 20,000 allocations,
-    and the objects that live as long as the process (modules, app, producer) frozen out of
-    every pass, measured 0.235 -> 0.224 ms of CPU per request; cyclic garbage still goes."""
+    default threshold (a young-generation pass every 700 allocations) spends CPU finding
+    nothing. So: a pass every 20,000 allocations, and the objects that live as long as the
+    process (modules, app, producer) frozen out of every pass; cyclic garbage still goes
+    (the measurement: BENCHMARKS.md)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)

@@ -53,7 +53,7 @@ from passpost.ingest.spool_format import (
 
 log = logging.getLogger("passpost.ingest.spool")
 
-Item = tuple[int, int, Entry | Corrupt | Torn]  # (start, end, what is there) in a segment
+SpooledRecord = tuple[int, int, Entry | Corrupt | Torn]  # (start, end, what is there) in a segment
 
 SEGMENT_BYTES = 16 * 1024 * 1024
 _APPEND_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -313,7 +313,7 @@ class Spool:
 
     # ------------------------------------------------------------------ forwarding
 
-    async def read(self, max_bytes: int = 1024 * 1024) -> tuple[Segment, list[Item]] | None:
+    async def read(self, max_bytes: int = 1024 * 1024) -> tuple[Segment, list[SpooledRecord]] | None:
         """The next records to forward from the oldest segment (or one invalid region),
         None when every written record has been read and confirmed."""
         while self._segments:

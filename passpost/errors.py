@@ -25,3 +25,13 @@ class ConfigurationError(PasspostError):
 def one_line(error: BaseException) -> str:
     """An error's text on one line (drivers' messages span several), else its type's name."""
     return " ".join(str(error).split()) or type(error).__name__
+
+
+def describe_error(error: BaseException) -> str:
+    """``one_line``, led by the error's type where its text does not name it: for log lines about
+    errors from libraries, whose text alone ("timed out") would not say what failed."""
+    name = type(error).__name__
+    text = one_line(error)
+    if text == name:
+        return name
+    return text if text.startswith(name) else f"{name}: {text}"

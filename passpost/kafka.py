@@ -28,7 +28,7 @@ from aiokafka.errors import (
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.metadata import MetadataRequest
 
-from passpost.errors import ConfigurationError, PasspostError
+from passpost.errors import ConfigurationError, PasspostError, describe_error
 from passpost.settings import Settings
 
 # Room for the record's own framing and headers around the largest body we accept: a
@@ -63,7 +63,7 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext:
         context: ssl.SSLContext = create_ssl_context(cafile=settings.kafka_ssl_ca_file)
     except (ssl.SSLError, OSError) as error:
         raise ConfigurationError(f"PASSPOST_KAFKA_SSL_CA_FILE: {settings.kafka_ssl_ca_file} is not a CA bundle "
-                                 f"in PEM ({describe(error)})") from None
+                                 f"in PEM ({describe_error(error)})") from None
     if settings.kafka_ssl_cert_file:
         try:
             context.load_cert_chain(settings.kafka_ssl_cert_file, settings.kafka_ssl_key_file)
@@ -71,7 +71,7 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext:
             raise ConfigurationError(
                 f"PASSPOST_KAFKA_SSL_CERT_FILE / PASSPOST_KAFKA_SSL_KEY_FILE: {settings.kafka_ssl_cert_file} and "
                 f"{settings.kafka_ssl_key_file or 'its key'} are not a certificate and its private key in PEM "
-                f"({describe(error)})") from None
+                f"({describe_error(error)})") from None
     return context
 
 
@@ -203,7 +203,7 @@ def _connection_problem(error: BaseException, settings: Settings) -> str:
         return (f"TLS certificate verify failed for Kafka at {servers}: {error.verify_message} "
                 "(PASSPOST_KAFKA_SSL_CA_FILE must hold the CA that signed the broker's certificate)")
     if isinstance(error, ssl.SSLError):
-        return f"TLS with Kafka at {servers} failed: {describe(error)}"
+        return f"TLS with Kafka at {servers} failed: {describe_error(error)}"
     hint = ""
     if isinstance(error, (KafkaConnectionError, ConnectionResetError, IllegalSaslStateError)):
         # The broker hung up on us: most often a listener of another security protocol.
@@ -212,15 +212,9 @@ def _connection_problem(error: BaseException, settings: Settings) -> str:
             certificate = (", and does it accept the client certificate" if settings.kafka_ssl_cert_file
                            else ", and does it not require a client certificate")
         hint = f" (is {servers} a listener for {protocol}{certificate}?)"
-    return f"cannot reach Kafka at {servers}: {describe(error)}{hint}"
+    return f"cannot reach Kafka at {servers}: {describe_error(error)}{hint}"
 
 
-def describe(error: BaseException) -> str:
-    name = type(error).__name__
-    text = str(error).strip()
-    if not text or text == name:
-        return name
-    return text if text.startswith(name) else f"{name}: {text}"
 
 
 async def topic_bounds(settings: Settings) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:

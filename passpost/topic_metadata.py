@@ -25,8 +25,8 @@ from aiokafka.protocol.abstract import AbstractType
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Boolean, CompactArray, CompactString, Int16, Int32, Schema, TaggedFields
 
-from passpost.errors import PasspostError
-from passpost.kafka import KafkaUnavailable, client_options, describe, start_client
+from passpost.errors import PasspostError, describe_error
+from passpost.kafka import KafkaUnavailable, client_options, start_client
 from passpost.settings import Settings
 
 __all__ = ["ClusterTopics", "TopicIdentity", "TopicIdsUnsupported", "TopicInfo", "TopicMetadata", "describe_topics"]
@@ -186,7 +186,7 @@ class TopicMetadata:
     async def __aexit__(self, *exc: object) -> None:
         await self._admin.close()
 
-    async def describe(self, names: Iterable[str]) -> ClusterTopics:
+    async def topics(self, names: Iterable[str]) -> ClusterTopics:
         try:
             # The admin client's own send: it picks a broker and negotiates the version.
             response = await self._admin._send_request(_TopicMetadataRequest(list(names)))
@@ -194,7 +194,7 @@ class TopicMetadata:
             raise TopicIdsUnsupported(f"Kafka at {self.settings.kafka_bootstrap_servers} does not report topic ids "
                                    "(Metadata v11, Kafka 3.0 or later, is needed)") from None
         except KafkaError as error:
-            raise KafkaUnavailable(f"could not read topic metadata from Kafka: {describe(error)}") from None
+            raise KafkaUnavailable(f"could not read topic metadata from Kafka: {describe_error(error)}") from None
         return _parse(response)
 
 
@@ -205,7 +205,7 @@ async def describe_topics(settings: Settings, names: Iterable[str], *, wait_seco
     deadline = time.monotonic() + wait_seconds
     async with TopicMetadata(settings) as metadata:
         while True:
-            found = await metadata.describe(names)
+            found = await metadata.topics(names)
             if set(names) <= set(found.topics) or time.monotonic() >= deadline:
                 return found
             await asyncio.sleep(0.2)

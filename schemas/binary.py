@@ -7,9 +7,9 @@ and ``decode_columns`` are `codec`'s; this module is only the body.
 
 fastavro's generic writer walks the parsed schema for every record: a union is matched
 by comparing type names, every value is validated against its branch, and the record
-first becomes a dict. For our fixed schema that costs about 9 µs an event, the largest
-single piece of the ingress's own work (BENCHMARKS.md, issue 13). Written field by field
-below it costs 4.6 µs. The bytes are the same as fastavro's (tests/test_binary.py
+first becomes a dict: for our fixed schema, the largest single piece of the ingress's own
+work. Written field by field below, it costs half as much (BENCHMARKS.md, issue 13).
+The bytes are the same as fastavro's (tests/test_binary.py
 compares them over generated events), and `codec` refuses at import a `pass_postback.avsc`
 whose fields (``fields_of``) are not the ``WRITTEN_FIELDS``, so the schema cannot change
 without this writer changing with it.

@@ -1,4 +1,4 @@
-"""Avro codec for `passpost.PassPostback` events on Kafka (SPEC section 3).
+"""Avro codec for `passpost.PassPostback` events on Kafka (docs/contract.md, "The events").
 
 Two framings share one binary body:
 

@@ -32,7 +32,7 @@ _FAILURE_CODES = frozenset({"N802", "N803", "N811"})
 
 
 def classify(status_code: str) -> Outcome:
-    """Map a Skycore status code to an outcome (SPEC section 1)."""
+    """Map a Skycore status code to an outcome (docs/contract.md, "The vendor's postback")."""
     code = status_code.strip().upper()
     if code in _SUCCESS_CODES:
         return Outcome.SUCCESS
@@ -94,7 +94,7 @@ class PassPostback:
             object.__setattr__(self, "generated_at", _as_utc("generated_at", generated_at))
 
     def kafka_key(self) -> bytes:
-        """Partition key: the most specific pass identifier present (SPEC section 3).
+        """Partition key: the most specific pass identifier present (docs/contract.md, "The events").
 
         Keying by pass keeps every postback about one pass in one partition, so
         consumers see them in order. Empty strings count as absent.

@@ -30,6 +30,8 @@ from typing import Any, Final, Self
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from passpost.backoff import Backoff, Retry
+
 from .codec import DEFAULT_RESOLVER, ParsedSchema, parse_writer_schema
 from .registry_errors import RegistryRefused, RegistryUnavailable
 
@@ -294,7 +296,7 @@ class RegistryResolver:
         An id the registry does not have stays unknown: ``decode`` then dead-letters the record."""
         wanted = {int.from_bytes(v[1:5], "big") for v in values if v and len(v) >= 5 and v[0] == 0}
         wanted -= self._by_id.keys()
-        delay = 0.1
+        retry = Retry(Backoff(initial=0.1, cap=_RETRY_MAX_SECONDS), stopping)
         for schema_id in sorted(wanted):
             while True:
                 try:
@@ -303,13 +305,13 @@ class RegistryResolver:
                 except RegistryUnavailable as error:
                     if self._metrics is not None:
                         self._metrics.failed(error)
+                    delay = retry.next_delay()
+                    if delay is None:
+                        return False
                     log.warning("%s; events with schema id %d wait (cached ids keep decoding); retrying in "
                                 "%.1f s", error, schema_id, delay)
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(stopping.wait(), delay)
-                    if stopping.is_set():
+                    if not await retry.wait(delay):
                         return False
-                    delay = min(delay * 2, _RETRY_MAX_SECONDS)
             if self._metrics is not None:
                 self._metrics.up.set(1)
             if text is None:

@@ -2,7 +2,7 @@
 
 Bodies are random bytes, XML-like fragments, mutations of the vendor's example and form
 bodies; headers and query strings are random too. Every answer must be one of the
-statuses SPEC section 2 lists, with a JSON error body for every refusal.
+statuses the contract lists (docs/contract.md, "The HTTP answers"), with a JSON error body for every refusal.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import pytest
 from aiokafka import TopicPartition
 
+from passpost.backoff import Backoff
 from passpost.consumers.runtime.assignment import Assignment
-from passpost.consumers.runtime.backoff import Backoff
 from passpost.consumers.runtime.consumer import ExactlyOnceConsumer
 from passpost.consumers.runtime.identity import ForeignOffsets
 from passpost.kafka import KafkaUnavailable

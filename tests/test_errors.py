@@ -89,3 +89,11 @@ def test_the_rules_file_is_parsed_once_per_process(tmp_path: Path) -> None:
     first, second = rules.rules_setting(str(path)), rules.rules_setting(str(path))
     assert rules._parse_file.cache_info().misses == 1
     assert first is not second and first.rules == second.rules  # each RuleSet keeps windows of its own
+
+
+def test_describe_error_is_one_line_led_by_the_type_unless_the_text_names_it() -> None:
+    from passpost.errors import describe_error
+
+    assert describe_error(TimeoutError()) == "TimeoutError"
+    assert describe_error(ConnectionResetError("peer\n  reset")) == "ConnectionResetError: peer reset"
+    assert describe_error(ValueError("ValueError: already named")) == "ValueError: already named"

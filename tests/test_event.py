@@ -31,7 +31,7 @@ def load_avsc() -> dict:
     return json.loads(text)
 
 
-# --- classify (SPEC section 1) -------------------------------------------------
+# --- classify (docs/contract.md, "The vendor's postback") -------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -127,7 +127,7 @@ def test_outcome_given_as_symbol_is_coerced() -> None:
         make(outcome="MAYBE")  # type: ignore[arg-type]
 
 
-# --- kafka_key (SPEC section 3) --------------------------------------------------
+# --- kafka_key (docs/contract.md, "The events") --------------------------------------------------
 
 
 def test_kafka_key_prefers_serial_number() -> None:

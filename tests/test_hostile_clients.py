@@ -1,4 +1,4 @@
-"""A live `passpost serve` against what an attacker sends (issue 9; SPEC section 2).
+"""A live `passpost serve` against what an attacker sends (issue 9; docs/contract.md, "The HTTP answers").
 
 Every request gets a definite answer and none is 500; what one request can make the
 server hold or write is bounded; connection limits (ingest/connection.py) act before

@@ -6,8 +6,8 @@ import asyncio
 
 from aiokafka import ConsumerRecord, TopicPartition
 
+from passpost.backoff import Backoff
 from passpost.consumers.runtime.assignment import Assignment
-from passpost.consumers.runtime.backoff import Backoff
 from passpost.consumers.runtime.commit import Commit
 from passpost.consumers.runtime.consumer import Batch, Item
 from passpost.consumers.runtime.decode import FetchedRecords

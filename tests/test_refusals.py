@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from passpost.consumers.runtime.backoff import Backoff
+from passpost.backoff import Backoff
 from passpost.consumers.runtime.refusals import BatchAbandoned, Refusals
 
 

@@ -8,7 +8,7 @@ import logging
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
-from passpost.consumers.runtime.backoff import Backoff
+from passpost.backoff import Backoff
 from passpost.consumers.runtime.commit import Commit
 from passpost.consumers.runtime.consumer import Batch, Item
 from passpost.consumers.runtime.decode import FetchedRecords

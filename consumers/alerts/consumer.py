@@ -35,7 +35,7 @@ from passpost.topic_metadata import TopicIdentity
 
 from .engine import Alerter, AlertMetrics
 from .grouping import Grouper
-from .rules import describe, rules_setting
+from .rules import rules_setting, summary
 from .sinks import DEFAULT_BACKOFF, AlertmanagerSink, DeliveryError, LogSink, Sink, WebhookSink
 from .store import StateStore, StateStoreError
 
@@ -90,7 +90,7 @@ class AlertsConsumer(ExactlyOnceConsumer):
         except StateStoreError as error:
             raise CannotRun(str(error)) from None
         log.info("alerts: sinks %s; rules: %s", ", ".join(sink.name for sink in self.alerter.sinks),
-                 "; ".join(describe(self.alerter.grouper.rules.rules)))
+                 "; ".join(summary(self.alerter.grouper.rules.rules)))
         self._ticker = asyncio.create_task(self._tick_forever(), name="alerts-tick")
 
     async def _tick_forever(self) -> None:

@@ -303,7 +303,7 @@ def _escalation(where: str, value: Any) -> Escalation | None:
                                                    value.get("severity", "critical")))
 
 
-def describe(rules: Iterable[Rule]) -> list[str]:
+def summary(rules: Iterable[Rule]) -> list[str]:
     """One line per rule, for ``--help``-style listings and the log at start-up."""
     lines = []
     for rule in rules:

@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol
 
 import httpx
 
-from passpost.consumers.runtime.backoff import Backoff, Retry
+from passpost.backoff import Backoff, Retry
 
 from .grouping import Notification
 

@@ -1,6 +1,6 @@
 """The consumer runtime: write a ``Consumer`` subclass, the runtime does the rest (see ``consumer.py``)."""
 
-from passpost.consumers.runtime.backoff import Backoff, Retry
+from passpost.backoff import Backoff, Retry
 from passpost.consumers.runtime.consumer import Batch, Columns, Consumer, ExactlyOnceConsumer, Item
 from passpost.consumers.runtime.dead_letters import dead_letter_topic
 from passpost.consumers.runtime.errors import CannotRun, PoisonBatch, RetryLater

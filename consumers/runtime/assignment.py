@@ -18,11 +18,11 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiokafka import TopicPartition
 
-from passpost.consumers.runtime.backoff import Backoff, Retry
+from passpost.backoff import Backoff, Retry
 from passpost.consumers.runtime.consumer import Consumer, ExactlyOnceConsumer
 from passpost.consumers.runtime.source import Fetched, Source
-from passpost.errors import PasspostError
-from passpost.kafka import KafkaUnavailable, describe
+from passpost.errors import PasspostError, describe_error
+from passpost.kafka import KafkaUnavailable
 from passpost.settings import Settings
 from passpost.topic_metadata import TopicIdentity, TopicMetadata
 
@@ -35,7 +35,7 @@ TopicLookup = Callable[[], Awaitable[TopicIdentity | None]]
 def topic_lookup(settings: Settings, topic: str) -> TopicLookup:
     async def lookup() -> TopicIdentity | None:
         async with TopicMetadata(settings) as metadata:
-            return (await metadata.describe([topic])).identity(topic)
+            return (await metadata.topics([topic])).identity(topic)
     return lookup
 
 
@@ -107,7 +107,7 @@ class Assignment:
             if delay is None:
                 return None
             log.warning("consumer %s: cannot read where its partitions start (%s); retrying in %.1f s",
-                        self.name, describe(failure), delay)
+                        self.name, describe_error(failure), delay)
             if not await retry.wait(delay):
                 return None
 
@@ -153,7 +153,7 @@ class Assignment:
             try:
                 identity = await self.lookup()
             except KafkaUnavailable as error:  # a broker restarting: ask again
-                log.warning("consumer %s: %s", self.name, describe(error))
+                log.warning("consumer %s: %s", self.name, describe_error(error))
                 identity = None
             if identity is not None:
                 if isinstance(self.consumer, ExactlyOnceConsumer):

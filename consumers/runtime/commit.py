@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaError
 
 from passpost.consumers.runtime.health import ConsumerMetrics
 from passpost.consumers.runtime.source import Source
-from passpost.kafka import describe
+from passpost.errors import describe_error
 
 log = logging.getLogger("passpost.consumer")
 
@@ -38,7 +38,7 @@ class Commit:
             # The sink has the batch: for sinks that store offsets nothing is lost at all, for the
             # others the records come again and the sink's idempotence absorbs them.
             log.warning("consumer %s: commit failed (%s); the batch may be delivered again", self.name,
-                        describe(error))
+                        describe_error(error))
         self.last_commit = time.monotonic()
         self.committed_once = True
         self.positions.update(offsets)

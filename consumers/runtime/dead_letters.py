@@ -16,7 +16,8 @@ from aiokafka.errors import KafkaError
 
 from passpost.consumers.runtime.health import ConsumerMetrics
 from passpost.consumers.runtime.refusals import Refusals
-from passpost.kafka import KafkaUnavailable, client_options, create_topics, describe, start_client
+from passpost.errors import describe_error
+from passpost.kafka import KafkaUnavailable, client_options, create_topics, start_client
 from passpost.settings import Settings
 from passpost.topic_metadata import describe_topics
 
@@ -50,7 +51,7 @@ class DeadLetters:
             await create_topics(self.settings, [self.topic])
         except (KafkaUnavailable, KafkaError) as error:
             log.warning("consumer %s: %s does not exist and could not be created (%s); dead letters wait until it "
-                        "does", self.name, self.topic, describe(error))
+                        "does", self.name, self.topic, describe_error(error))
 
     async def keep(self, record: ConsumerRecord, error: str, detail: str) -> None:
         """Send until the broker acknowledges (the record's offset may move only after);

@@ -14,8 +14,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from passpost.consumers.runtime.backoff import Backoff, Retry
-from passpost.kafka import describe
+from passpost.backoff import Backoff, Retry
+from passpost.errors import describe_error
 
 log = logging.getLogger("passpost.consumer")
 
@@ -67,12 +67,13 @@ class Refusals:
                 if delay is not None:
                     if on_retry is not None:
                         on_retry()
-                    log.warning("consumer %s: %s (%s); retrying in %.1f s", self.name, what, describe(error), delay)
+                    log.warning("consumer %s: %s (%s); retrying in %.1f s", self.name, what, describe_error(error),
+                                delay)
                     retry.attempts += 1
                     if await self._wait(delay):
                         continue
                 log.warning("consumer %s: %s (%s); abandoned uncommitted, it will be read again", self.name, what,
-                            describe(error))
+                            describe_error(error))
                 raise BatchAbandoned from None
 
     async def _wait(self, delay: float) -> bool:

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from passpost.backoff import Backoff
 from passpost.consumers.runtime.assignment import Assignment, topic_lookup
-from passpost.consumers.runtime.backoff import Backoff
 from passpost.consumers.runtime.commit import Commit
 from passpost.consumers.runtime.consumer import Consumer
 from passpost.consumers.runtime.dead_letters import DeadLetters

@@ -26,7 +26,7 @@ from passpost.consumers.runtime.decode import DeadLetter, FetchedRecords
 from passpost.consumers.runtime.errors import PoisonBatch, RetryLater
 from passpost.consumers.runtime.health import ConsumerMetrics
 from passpost.consumers.runtime.refusals import BatchAbandoned, Refusals
-from passpost.kafka import describe
+from passpost.errors import describe_error
 
 log = logging.getLogger("passpost.consumer")
 
@@ -63,7 +63,7 @@ class Write:
             return False
         except Exception as error:  # noqa: BLE001 (a sink's bug: stop, uncommitted; the runner raises it)
             log.error("consumer %s: the sink raised %s (neither RetryLater nor PoisonBatch): stopping without "
-                      "committing the batch", self.name, describe(error))
+                      "committing the batch", self.name, describe_error(error))
             self.fatal = self.fatal or error
             self.consumer.stopping.set()
             return False
@@ -89,7 +89,7 @@ class Write:
                 await self.dead_letter(records.at(item.partition, item.offset), "poison", str(poison))
             else:
                 log.warning("consumer %s: the sink refused a batch of %d as poison (%s); writing its events one "
-                            "by one", self.name, len(batch), describe(poison))
+                            "by one", self.name, len(batch), describe_error(poison))
                 for item in batch.items:
                     single = Batch([item], {TopicPartition(item.topic, item.partition): item.offset + 1})
                     await self._write_isolating(single, records)

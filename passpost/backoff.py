@@ -1,4 +1,5 @@
-"""Waiting between attempts: the one retry helper of the runtime and of the sinks.
+"""Waiting between attempts: the one retry helper of every part (the consumer runtime and its sinks,
+the spool's forwarder, the schema registry client).
 
 ``Backoff`` says how long (from ``initial``, doubling up to ``cap``, with optional jitter and
 an overall ``deadline``); ``Retry`` counts the attempts of one operation and waits, but never
