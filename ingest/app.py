@@ -37,12 +37,13 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from passpost.ingest.auth import TokenCheck
-from passpost.ingest.connection import TIMED_OUT, Refusal
+from passpost.ingest.connection import TIMED_OUT
 from passpost.ingest.forwarder import SpoolingPublisher, publisher_for
 from passpost.ingest.metrics import IngestMetrics, exposition
 from passpost.ingest.middleware import RequestContext, RequestLog, request_id_of
-from passpost.ingest.postback import OutputBudget, Rejected, extract_xml, parse_xml, postbacks_in
-from passpost.ingest.publisher import EventTooLarge, Publisher, Record, bounded_records
+from passpost.ingest.publisher import EventTooLarge, Publisher
+from passpost.ingest.records import records_of
+from passpost.ingest.refusal import Refusal, Rejected
 from passpost.ingest.routes import ALL_PATHS, HEALTH_PATH, METRICS_PATH, POSTBACK_PATH, READY_PATH
 from passpost.ingest.spool import SpoolRefused
 from passpost.kafka import KafkaUnavailable, max_record_bytes
@@ -56,8 +57,13 @@ class BodyTooLarge(Exception):
     pass
 
 
-def error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+def error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Response:
+    """A refusal as a Starlette response, for the routes Starlette serves."""
+    refusal = Refusal(status, code, detail, tuple((headers or {}).items()))
+    body = refusal.body()
+    response = Response(body, status_code=status)
+    response.raw_headers = refusal.raw_headers(body)
+    return response
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +78,9 @@ class Answer:
     log_fields: dict[str, Any] | None = None
 
     @classmethod
-    def refusal(cls, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Answer:
-        response = error(status, code, detail, headers)  # rendered as every other route's errors are
-        return cls(status, response.raw_headers, bytes(response.body), code)
+    def refusal(cls, refusal: Refusal) -> Answer:
+        body = refusal.body()
+        return cls(refusal.status, refusal.raw_headers(body), body, refusal.code)
 
     @classmethod
     def accepted(cls, event_ids: list[str]) -> Answer:
@@ -86,7 +92,10 @@ class Answer:
                    log_fields={"events": len(event_ids)})
 
 
-_INTERNAL_ERROR = ("internal_error", "The ingress failed to handle the request; nothing was acknowledged.")
+_INTERNAL_ERROR = Refusal(500, "internal_error", "The ingress failed to handle the request; nothing was acknowledged.")
+_UNAUTHORIZED = Refusal(401, "unauthorized", "A valid token is required: ?token=, a Bearer token or a Basic password.",
+                        (("WWW-Authenticate", 'Bearer realm="passpost", Basic realm="passpost"'),))
+_DISCONNECTED = Refusal(400, "client_disconnected", "The client went away before sending the whole body.")
 
 
 class Ingress:
@@ -102,10 +111,7 @@ class Ingress:
     async def receive_postback(self, scope: Scope, receive: Receive, request_id: str) -> Answer:
         """``POST /postbacks/passes``, as a plain ASGI endpoint (see ``IngressApp``)."""
         if not self.tokens.allows(scope):
-            return Answer.refusal(
-                401, "unauthorized", "A valid token is required: ?token=, a Bearer token or a Basic password.",
-                headers={"WWW-Authenticate": 'Bearer realm="passpost", Basic realm="passpost"'},
-            )
+            return Answer.refusal(_UNAUTHORIZED)
         content_type = declared_length = ""
         for name, value in scope["headers"]:
             if name == b"content-type":
@@ -115,43 +121,34 @@ class Ingress:
         try:
             body = await self._read_body(receive, declared_length)
         except BodyTooLarge:
-            return Answer.refusal(413, "body_too_large", f"The body exceeds {self.settings.max_body_bytes} bytes.")
+            return Answer.refusal(Refusal(413, "body_too_large",
+                                          f"The body exceeds {self.settings.max_body_bytes} bytes."))
         except ClientDisconnect:
             timed_out: Refusal | None = scope.get(TIMED_OUT)
             if timed_out is not None:  # answered by the connection already; this is for the log
-                return Answer.refusal(timed_out.status, timed_out.code, timed_out.detail)
-            return Answer.refusal(400, "client_disconnected", "The client went away before sending the whole body.")
+                return Answer.refusal(timed_out)
+            return Answer.refusal(_DISCONNECTED)
         received_at = datetime.now(timezone.utc)
         try:
-            records, events = self._records_of(body, content_type, received_at, request_id)
+            made = records_of(body, content_type, received_at, [("request_id", request_id.encode())],
+                              max_items=self.settings.max_items, max_record=max_record_bytes(self.settings),
+                              schema_id=self.publisher.schema_id)
         except Rejected as rejected:
             return await self._dead_letter(body, rejected, received_at, content_type, request_id)
         try:
-            await self.publisher.publish(self.settings.events_topic, records)
+            await self.publisher.publish(self.settings.events_topic, made.records)
         except (KafkaUnavailable, SpoolRefused) as unavailable:
             return self._unavailable(unavailable)
         except EventTooLarge as too_large:
             refusal = Rejected(413, "event_too_large", f"Kafka refused an event of this request as too large: "
                                                        f"{too_large}")
             return await self._dead_letter(body, refusal, received_at, content_type, request_id)
-        count_event = self.metrics.count_event
-        for _, outcome, origin in events:
-            count_event(outcome, origin)
-        return Answer.accepted([event_id for event_id, _, _ in events])
-
-    def _records_of(self, body: bytes, content_type: str, received_at: datetime,
-                    request_id: str) -> tuple[list[Record], list[tuple[str, str, str]]]:
-        """The request's records for Kafka and ``(event id, outcome, origin)`` of each event; raises
-        ``Rejected``. The XML tree and the event objects end here, before the request waits
-        on Kafka: a waiting request holds only its body and its encoded records."""
-        budget = OutputBudget(len(body), self.settings.max_items)
-        root, recovered = parse_xml(extract_xml(body, content_type))
-        if recovered:
+        if made.recovered:
             self.metrics.recoveries.inc()
-        events = [postback.to_event(received_at) for postback in postbacks_in(root, budget)]
-        records = bounded_records(events, [("request_id", request_id.encode())], budget,
-                                  max_record_bytes(self.settings), self.publisher.schema_id)
-        return records, [(event.event_id, event.outcome.value, event.origin) for event in events]
+        count_event = self.metrics.count_event
+        for _, outcome, origin in made.events:
+            count_event(outcome, origin)
+        return Answer.accepted([event_id for event_id, _, _ in made.events])
 
     async def _read_body(self, receive: Receive, declared_length: str) -> bytes:
         limit = self.settings.max_body_bytes
@@ -187,7 +184,7 @@ class Ingress:
             # Not kept yet, so not refused yet either: the sender retries and nothing is lost.
             return self._unavailable(unavailable)
         self.metrics.dead_letters.labels(rejected.code).inc()
-        return Answer.refusal(rejected.status, rejected.code, rejected.detail)
+        return Answer.refusal(rejected.refusal)
 
     def _unavailable(self, unavailable: KafkaUnavailable | SpoolRefused) -> Answer:
         """503: nothing was kept, so the sender's retry loses nothing."""
@@ -197,7 +194,7 @@ class Ingress:
             detail = "The spool that keeps postbacks while Kafka is away cannot take this one; retry later."
         else:
             code, detail = "kafka_unavailable", "Kafka did not confirm the postback in time; retry later."
-        return Answer.refusal(503, code, detail, headers={"Retry-After": str(self.settings.retry_after_seconds)})
+        return Answer.refusal(Refusal(503, code, detail, (("Retry-After", str(self.settings.retry_after_seconds)),)))
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -235,7 +232,7 @@ class PostbackEndpoint:
             answer = await self.ingress.receive_postback(scope, receive, request_id)
         except Exception:  # a bug, not the client's doing: a JSON 500 like every other answer, and the traceback
             log.exception("the postback route failed (request_id %s)", request_id)
-            answer = Answer.refusal(500, *_INTERNAL_ERROR)
+            answer = Answer.refusal(_INTERNAL_ERROR)
         try:
             await send({"type": "http.response.start", "status": answer.status,
                         "headers": [*answer.headers, (b"x-request-id", request_id.encode())]})

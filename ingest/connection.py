@@ -22,7 +22,6 @@ Nothing of these requests reaches the app, so nothing is written to Kafka.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,7 @@ from uvicorn.server import ServerState
 
 from passpost.ingest.metrics import IngestMetrics
 from passpost.ingest.middleware import new_request_id
+from passpost.ingest.refusal import Refusal
 from passpost.settings import Settings
 
 access_log = logging.getLogger("passpost.access")
@@ -61,13 +61,6 @@ class ConnectionLimits:
             body_timeout=settings.body_timeout_seconds,
             max_connections=settings.max_connections,
         )
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    status: int
-    code: str
-    detail: str
 
 
 class _Refused(Exception):
@@ -273,10 +266,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             access_log.info("request refused", extra={"fields": fields})
         if self.transport.is_closing():
             return
-        body = json.dumps({"error": refusal.code, "detail": refusal.detail}).encode()
-        self.transport.write(b"".join([
-            STATUS_LINE[refusal.status],
-            b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode(),
-            b"\r\nconnection: close\r\n\r\n", body,
-        ]))
+        body = refusal.body()
+        headers = b"".join(b"%s: %s\r\n" % header for header in refusal.raw_headers(body))
+        self.transport.write(b"".join([STATUS_LINE[refusal.status], headers, b"connection: close\r\n\r\n", body]))
         self.transport.close()

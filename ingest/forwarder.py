@@ -26,7 +26,8 @@ import time
 from collections.abc import Sequence
 
 from passpost.backoff import Backoff
-from passpost.ingest.publisher import EventTooLarge, Publisher, Record
+from passpost.ingest.publisher import EventTooLarge, Publisher
+from passpost.ingest.records import Record
 from passpost.ingest.spool import Segment, Spool, SpoolMetrics, SpoolRefused
 from passpost.ingest.spool_format import Corrupt, Entry, Torn
 from passpost.kafka import KafkaUnavailable

@@ -22,6 +22,7 @@ value wins and the enclosing one is kept in ``extra`` under ``../PATH``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import threading
@@ -31,6 +32,7 @@ from urllib.parse import unquote_to_bytes
 
 from lxml import etree
 
+from passpost.ingest.refusal import Rejected
 from passpost.schemas.event import PassPostback, classify
 
 # The vendor's element names and the event fields they fill (docs/contract.md, "The events").
@@ -45,18 +47,10 @@ KNOWN_ELEMENTS: dict[str, str] = {
     "SERIALNUMBER": "serial_number",
     "TIMESTAMP": "timestamp_raw",
 }
+if not set(KNOWN_ELEMENTS.values()) <= {field.name for field in dataclasses.fields(PassPostback)}:
+    raise RuntimeError("KNOWN_ELEMENTS names a field PassPostback (schemas/event.py, the .avsc) does not have")
 
 _XSI_NAMESPACE = "http://www.w3.org/2001/XMLSchema-instance"
-
-
-class Rejected(Exception):
-    """The request cannot become events. Carries what the client is told."""
-
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)

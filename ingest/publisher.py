@@ -16,7 +16,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -33,52 +33,17 @@ from aiokafka.errors import (
 from passpost.errors import describe_error
 from passpost.ingest.metrics import IngestMetrics
 from passpost.ingest.partitioner import partition_for
-from passpost.ingest.postback import OutputBudget, Rejected
+from passpost.ingest.records import Record
 from passpost.kafka import (
     KafkaUnavailable,
     client_options,
     max_record_bytes,
     start_client,
 )
-from passpost.schemas.codec import encode, encode_confluent
-from passpost.schemas.event import PassPostback
 from passpost.schemas.registry import RegistryConfig, RegistryMetrics, RegistryWatch, ensure_registered
 from passpost.settings import Settings
 
 log = logging.getLogger("passpost.ingest")
-
-Headers = list[tuple[str, bytes]]
-Record = tuple[bytes | None, bytes, Headers | None]
-
-
-def event_records(events: Iterable[PassPostback], headers: Headers, schema_id: int | None = None) -> list[Record]:
-    """Events as ``(key, value, headers)`` records for the events topic (docs/contract.md, "The events"): the
-    Confluent wire format when a schema registry gave ``schema_id``, else single-object encoding."""
-    if schema_id is not None:
-        return [(event.kafka_key(), encode_confluent(event, schema_id), headers) for event in events]
-    return [(event.kafka_key(), encode(event), headers) for event in events]
-
-
-def bounded_records(events: Iterable[PassPostback], headers: Headers, budget: OutputBudget,
-                    max_record: int, schema_id: int | None = None) -> list[Record]:
-    """``event_records`` held to the request's ``budget`` and to the largest record Kafka
-    takes (``max_record``): a request over either is refused whole, 413 ``event_too_large``."""
-    records = event_records(events, headers, schema_id)
-    header_bytes = sum(len(name) + len(value) for name, value in headers)
-    produced = 0
-    for key, value, _ in records:
-        size = len(key or b"") + len(value)
-        produced += size
-        if size + header_bytes + RECORD_FRAMING_BYTES > max_record:
-            raise Rejected(413, "event_too_large",
-                           f"An event of this request would be {size} bytes, more than Kafka takes ({max_record}).")
-    budget.check_encoded(produced)
-    return records
-
-
-# What a record adds around its key, value and headers in a batch (lengths, offsets, CRC).
-RECORD_FRAMING_BYTES = 128
-
 
 class EventTooLarge(Exception):
     """Kafka refused a record as too large: retrying cannot help."""

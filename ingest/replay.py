@@ -27,8 +27,9 @@ from aiokafka.errors import KafkaError
 
 from passpost.errors import describe_error
 from passpost.ingest.metrics import IngestMetrics
-from passpost.ingest.postback import OutputBudget, Rejected, read_postbacks
-from passpost.ingest.publisher import Publisher, bounded_records
+from passpost.ingest.publisher import Publisher
+from passpost.ingest.records import records_of
+from passpost.ingest.refusal import Rejected
 from passpost.kafka import KafkaUnavailable, client_options, max_record_bytes, start_client
 from passpost.settings import Settings
 
@@ -125,19 +126,18 @@ async def _replay_batch(
     for record in records:
         report.letters += 1
         body = record.value or b""
-        budget = OutputBudget(len(body), settings.max_items)
         headers = [("request_id", _header(record, "request_id").encode()), ("replayed_from", _offset_of(record))]
         try:
-            parsed = read_postbacks(body, _header(record, "content_type"), budget)
-            events = [postback.to_event(_received_at(record)) for postback in parsed.postbacks]
-            # Registry-framed like the ingress's own events when a schema registry is set.
-            records = bounded_records(events, headers, budget, max_record_bytes(settings), publisher.schema_id)
+            # The ingress's own pipeline: registry-framed like its events when a schema registry is set.
+            made = records_of(body, _header(record, "content_type"), _received_at(record), headers,
+                              max_items=settings.max_items, max_record=max_record_bytes(settings),
+                              schema_id=publisher.schema_id)
         except Rejected as rejected:
             report.still_rejected[rejected.code] += 1
             continue
         report.replayed += 1
-        report.events += len(events)
-        pending.extend(records)
+        report.events += len(made.events)
+        pending.extend(made.records)
     if pending and not dry_run:
         await publisher.publish(settings.events_topic, pending)
 

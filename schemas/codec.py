@@ -13,6 +13,7 @@ or newer compatible schema decode through Avro schema resolution.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
@@ -98,11 +99,9 @@ def schema_fingerprint(schema: Any) -> bytes:
 # --- our schema, parsed once --------------------------------------------------
 
 
-def _read_avsc() -> Any:
-    # importlib.resources finds the .avsc whether running from the source tree,
-    # an editable install or a wheel (it is package data of passpost.schemas).
-    text = resources.files(__package__).joinpath("pass_postback.avsc").read_text("utf-8")
-    return json.loads(text)
+# ``pass_postback.avsc`` exactly as kept in the repository (what a schema registry is given), read
+# once. importlib.resources finds it from the source tree, an editable install or a wheel.
+SCHEMA_TEXT: Final = resources.files(__package__).joinpath("pass_postback.avsc").read_text("utf-8")
 
 
 def _without_logical_types(schema: Any) -> Any:
@@ -113,7 +112,7 @@ def _without_logical_types(schema: Any) -> Any:
     return schema
 
 
-_AVSC: Final = _read_avsc()
+_AVSC: Final = json.loads(SCHEMA_TEXT)
 SCHEMA: Final[ParsedSchema] = fastavro.parse_schema(_AVSC)
 SCHEMA_FINGERPRINT: Final[bytes] = schema_fingerprint(SCHEMA)
 # Same bytes on the wire (logical types only annotate a long), but fastavro's
@@ -124,6 +123,8 @@ _SINGLE_OBJECT_HEADER: Final = SINGLE_OBJECT_MAGIC + SCHEMA_FINGERPRINT
 
 if fields_of(_AVSC) != WRITTEN_FIELDS:  # encode's writer is made for the schema: they change together
     raise RuntimeError("pass_postback.avsc no longer has the fields schemas/binary.py writes: update write_body")
+if tuple(field.name for field in dataclasses.fields(PassPostback)) != tuple(f["name"] for f in _AVSC["fields"]):
+    raise RuntimeError("pass_postback.avsc and PassPostback (schemas/event.py) no longer name the same fields")
 
 
 # --- writer-schema lookup: the seam for a schema registry --------------------

@@ -24,7 +24,6 @@ import ssl
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, Final, Self
 
 import httpx
@@ -32,7 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from passpost.backoff import Backoff, Retry
 
-from .codec import DEFAULT_RESOLVER, ParsedSchema, parse_writer_schema
+from .codec import DEFAULT_RESOLVER, SCHEMA_TEXT, ParsedSchema, parse_writer_schema
 from .registry_errors import RegistryRefused, RegistryUnavailable
 
 __all__ = ["COMPATIBILITY", "RegistryClient", "RegistryConfig", "RegistryMetrics", "RegistryRefused",
@@ -50,7 +49,7 @@ _RETRY_MAX_SECONDS: Final = 30.0
 
 def schema_text() -> str:
     """``pass_postback.avsc`` exactly as kept in the repository: what gets registered."""
-    return resources.files(__package__).joinpath("pass_postback.avsc").read_text("utf-8")
+    return SCHEMA_TEXT
 
 
 def subject_for(topic: str) -> str:

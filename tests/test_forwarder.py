@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from passpost import settings as settings_module
 from passpost.ingest.forwarder import SpoolingPublisher
-from passpost.ingest.publisher import Record
+from passpost.ingest.records import Record
 from passpost.ingest.spool import Spool, SpoolFull, SpoolMetrics
 from passpost.kafka import KafkaUnavailable
 
