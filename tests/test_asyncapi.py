@@ -97,7 +97,7 @@ def test_the_document_is_in_step_with_the_settings_the_schema_and_the_ingress() 
     assert (DOCUMENT.parent / event["payload"]["schema"]["$ref"]).resolve() == ROOT / "schemas" / "pass_postback.avsc"
     assert event["bindings"]["kafka"]["schemaLookupStrategy"] == "TopicNameStrategy"
     # What the ingress puts on each event: the request id header.
-    records_source = inspect.getsource(Ingress._records_of)
+    records_source = inspect.getsource(Ingress.receive_postback)
     assert list(event["headers"]["properties"]) == re.findall(r'\("([a-z_]+)", request_id', records_source)
 
     refused = messages["refusedRequest"]["headers"]

@@ -52,3 +52,13 @@ def test_secured_listeners_get_their_ports_mechanisms_and_inline_pem(tmp_path: P
 def test_a_tls_listener_without_certificates_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="certificates"):
         config(tmp_path, {"SSL": 2}).server_properties()
+
+
+def test_extra_properties_are_written_over_the_defaults(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    extra = {"authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+             "log.segment.bytes": 1048576}
+    written = properties_file(replace(config(tmp_path, {}), extra_properties=extra).write())
+    assert written["authorizer.class.name"] == extra["authorizer.class.name"]
+    assert written["log.segment.bytes"] == "1048576"

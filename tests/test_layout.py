@@ -49,6 +49,7 @@ def test_the_runtime_package_holds_no_development_tooling() -> None:
     """The wheel the image installs is built from these folders; the broker launcher and ``passpost dev`` live in
     devkit/ (the passpost-dev distribution), which only ``passpost dev`` imports, lazily."""
     runtime = _sources("passpost", "ingest", "schemas", "consumers")
-    importers = sorted(str(path.relative_to(ROOT)) for path in runtime if "passpost_dev" in path.read_text())
+    importers = sorted(str(path.relative_to(ROOT)) for path in runtime
+                       if re.search(r"^\s*(from|import) passpost_dev\b", path.read_text(), re.MULTILINE))
     assert importers == ["passpost/cli.py"]
     assert not {"localkafka.py", "ports.py", "processes.py", "dev.py"} & {path.name for path in _sources("passpost")}

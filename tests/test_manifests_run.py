@@ -395,16 +395,10 @@ class AuthorizingKafka:
     def start(workdir: Path) -> Any:
         from passpost_dev.kafka import LocalKafka
 
-        class Authorizing(LocalKafka):
-            def _write_config(self) -> Path:  # one more setting than LocalKafka writes
-                path = super()._write_config()
-                with path.open("a") as config:
-                    config.write("\nauthorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer\n"
-                                 "super.users=User:ANONYMOUS\n")
-                return path
-
-        return Authorizing(workdir, listeners=("SASL_SSL",), sasl_username="passpost-ingest",
-                           sasl_password="ingest-password")
+        return LocalKafka(workdir, listeners=("SASL_SSL",), sasl_username="passpost-ingest",
+                          sasl_password="ingest-password", extra_properties={
+                              "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                              "super.users": "User:ANONYMOUS"})
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -81,6 +81,7 @@ class LocalKafka:
         sasl_username: str = "passpost",
         sasl_password: str = "passpost-secret",
         ssl_client_auth: str = "requested",
+        extra_properties: Mapping[str, object] | None = None,
     ) -> None:
         requested = set(listeners)
         self.listeners = tuple(name for name in SECURE_LISTENERS if name in requested)
@@ -96,6 +97,7 @@ class LocalKafka:
         self.sasl_username = sasl_username
         self.sasl_password = sasl_password
         self.ssl_client_auth = ssl_client_auth
+        self.extra_properties = dict(extra_properties or {})  # server.properties set over the defaults
         self._listener_ports: dict[str, int] = {}
         self._owns_dir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="passpost-kafka-")) if workdir is None else Path(workdir)
@@ -296,6 +298,7 @@ class LocalKafka:
             sasl_username=self.sasl_username, sasl_password=self.sasl_password,
             ssl_client_auth=self.ssl_client_auth, log_level=self.log_level,
             certificates=self.certificates if self._uses_tls else None,
+            extra_properties=self.extra_properties,
         )
 
     def _class_sharing(self, libs: Path, java: str) -> tuple[list[str], list[str]]:

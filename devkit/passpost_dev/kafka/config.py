@@ -8,7 +8,7 @@ one; the broker talks to itself over PLAINTEXT.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from passpost_dev.kafka.certificates import Certificates, pem_property
@@ -33,6 +33,8 @@ class BrokerConfig:
     ssl_client_auth: str
     log_level: str
     certificates: Certificates | None  # needed when a listener uses TLS
+    # Set last, over the defaults: e.g. Kafka's authorizer for a test of ACLs.
+    extra_properties: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def data_dir(self) -> Path:
@@ -94,6 +96,7 @@ class BrokerConfig:
             "log.index.size.max.bytes": 1024 * 1024,
             "metadata.log.segment.bytes": 8 * 1024 * 1024,
             **self._security_properties(),
+            **self.extra_properties,
         }
 
     def _security_properties(self) -> dict[str, object]:
