@@ -1,6 +1,7 @@
 """The consumer benchmark: `passpost consume analytics` draining a backlog into DuckDB and PostgreSQL.
 
     python -m bench.consume [--events 1000000] [--partitions 6] [--skip-postgres] [--skip-duckdb]
+                            [--passpost [LABEL=]PATH ...] [--rounds N]
 
 What one run does (figures in BENCHMARKS.md):
 
@@ -16,6 +17,16 @@ What one run does (figures in BENCHMARKS.md):
    time (all threads, from ``/proc``) per event over the same span;
 4. the same on PostgreSQL (a server started like the tests' fixture), unless skipped;
 5. prints a Markdown table, and checks each store holds exactly ``--events`` rows.
+
+``--passpost [LABEL=]PATH`` names the ``passpost`` executable run as the consumer (default: this
+installation's, ``python -m passpost``), so that another installation, say an older commit installed
+in its own virtual environment, is measured by this same bench on the same backlog. Given more than
+once, each executable drains the backlog in turn on every store, and ``--rounds N`` repeats the whole
+(bare loop included) N times, in the order given in odd rounds and reversed in even ones (whichever
+drains second was measured slower than the very same installation draining first):
+``--passpost old=/tmp/old/bin/passpost --passpost new=.venv/bin/passpost --rounds 4`` measures old and
+new alternated side by side on one broker. Every drain uses a fresh consumer group and a fresh store,
+dropped once counted; the table has a row per bare loop and per drain, then the medians of the rounds.
 """
 
 from __future__ import annotations
@@ -24,11 +35,13 @@ import argparse
 import asyncio
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -124,14 +137,14 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def drain(bootstrap: str, topic: str, dsn: str, events: int, log: Path) -> tuple[float, float, float]:
+def drain(command: list[str], bootstrap: str, topic: str, dsn: str, events: int,
+          log: Path) -> tuple[float, float, float]:
     port = free_port()
     env = {**os.environ, "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PASSPOST_EVENTS_TOPIC": topic,
            "PASSPOST_CONSUMER_GROUP": f"bench-{uuid.uuid4().hex[:8]}", "PASSPOST_ANALYTICS_DSN": dsn,
            "PASSPOST_CONSUMER_PORT": str(port), "PASSPOST_LOG_LEVEL": "warning"}
     with log.open("wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "passpost", "consume", "analytics"], env=env,
-                                   stdout=sink, stderr=sink)
+        process = subprocess.Popen([*command, "consume", "analytics"], env=env, stdout=sink, stderr=sink)
     try:
         started = None
         while (done := metric(port, "passpost_consumer_events_total")) < events:
@@ -140,8 +153,11 @@ def drain(bootstrap: str, topic: str, dsn: str, events: int, log: Path) -> tuple
             if started is None and done > 0:
                 started, first, cpu = time.perf_counter(), done, cpu_seconds(process.pid)
             # Each /metrics answer costs the consumer's event loop a few ms (py-spy: 7.7% of it when asked
-            # every 50 ms): ask twice a second, and every 50 ms only near the end, which the rate needs.
-            time.sleep(0.05 if done > 0.9 * events else 0.5)
+            # every 50 ms): ask twice a second, and every 50 ms only before the first batch and near the end,
+            # which the rate needs.
+            time.sleep(0.05 if done <= 0 or done > 0.9 * events else 0.5)
+        if started is None:
+            raise SystemExit("the consumer drained the backlog before its first batch was seen: more --events")
         elapsed = time.perf_counter() - (started or 0)
         cpu = cpu_seconds(process.pid) - cpu
         rss = peak_rss_mib(process.pid)
@@ -155,13 +171,35 @@ def drain(bootstrap: str, topic: str, dsn: str, events: int, log: Path) -> tuple
     return (events - first) / elapsed, rss, cpu / (events - first)
 
 
+def drop_database(server_dsn: str, dsn: str) -> None:
+    """Drop a drained database, with the dirty pages it still has in the server's buffers."""
+    import psycopg
+
+    with psycopg.connect(server_dsn, autocommit=True) as connection:
+        connection.execute(f"DROP DATABASE {dsn.rpartition('/')[2]} WITH (FORCE)")
+
+
+def passpost_option(value: str) -> tuple[str, list[str]]:
+    """``[LABEL=]PATH``: a label for the table and the ``passpost`` executable to run."""
+    label, _, path = value.rpartition("=")
+    if not Path(path).is_file() or not os.access(path, os.X_OK):
+        raise argparse.ArgumentTypeError(f"{path} is not an executable file")
+    return label or path, [str(Path(path).absolute())]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--skip-duckdb", action="store_true")
+    parser.add_argument("--passpost", type=passpost_option, action="append", metavar="[LABEL=]PATH",
+                        help="the passpost executable run as the consumer (default: this installation's); "
+                             "repeat it to measure several installations in turn")
+    parser.add_argument("--rounds", type=int, default=1, help="measure everything this many times, alternated")
     args = parser.parse_args()
+    consumers = args.passpost or [("`passpost consume analytics`", [sys.executable, "-m", "passpost"])]
+    rows: list[tuple[str, float, float | None, float, float]] = []  # name, events/s, RSS, CPU, bare events/s
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="passpost-bench-")))
         bootstrap = os.environ.get("PASSPOST_KAFKA_BOOTSTRAP_SERVERS")
@@ -173,32 +211,50 @@ def main() -> int:
         asyncio.run(create_topics(settings, [topic]))
         seconds = asyncio.run(fill(bootstrap, topic, args.events))
         print(f"filled {topic} with {args.events} events in {seconds:.1f} s", flush=True)
-
-        rate, cpu = asyncio.run(bare_loop(bootstrap, topic, args.events))
-        rows = [("bare aiokafka getmany + decode", rate, None, cpu)]
-        print(f"bare loop: {rate:,.0f} events/s, {cpu * 1e6:.1f} us CPU an event", flush=True)
-        if not args.skip_duckdb:
-            rate, rss, cpu = drain(bootstrap, topic, f"duckdb:///{work}/analytics.duckdb", args.events,
-                                   work / "duckdb.log")
-            rows.append(("`passpost consume analytics`, DuckDB", rate, rss, cpu))
-            print(f"DuckDB: {rate:,.0f} events/s, peak RSS {rss:.0f} MiB, {cpu * 1e6:.1f} us CPU an event",
-                  flush=True)
+        server = None
         if not args.skip_postgres:
             server = PostgresServer()
             server.start()
             stack.callback(server.cleanup)
-            rate, rss, cpu = drain(bootstrap, topic, server.create_database(), args.events, work / "postgres.log")
-            rows.append(("`passpost consume analytics`, PostgreSQL", rate, rss, cpu))
-            print(f"PostgreSQL: {rate:,.0f} events/s, peak RSS {rss:.0f} MiB, {cpu * 1e6:.1f} us CPU an event",
-                  flush=True)
 
-    bare = rows[0][1]
+        stores: list[tuple[str, Callable[[], str], Callable[[str], None]]] = []
+        if not args.skip_duckdb:
+            stores.append(("DuckDB", lambda: f"duckdb:///{work}/analytics-{uuid.uuid4().hex[:8]}.duckdb",
+                           lambda dsn: Path(dsn.removeprefix("duckdb:///")).unlink()))
+        if server is not None:
+            stores.append(("PostgreSQL", server.create_database, lambda dsn: drop_database(server.dsn, dsn)))
+        for round_ in range(1, args.rounds + 1):
+            suffix = f" (round {round_})" if args.rounds > 1 else ""
+            bare, cpu = asyncio.run(bare_loop(bootstrap, topic, args.events))
+            rows.append((f"bare aiokafka getmany + decode{suffix}", bare, None, cpu, bare))
+            print(f"bare loop{suffix}: {bare:,.0f} events/s, {cpu * 1e6:.1f} us CPU an event", flush=True)
+            # Every other round in the reverse order: run second, the very same installation drained up to 16%
+            # slower than run first in 3 of 4 rounds (PostgreSQL, BENCHMARKS.md, issue 18).
+            for store, new_dsn, remove in stores:
+                for number, (label, command) in enumerate(consumers if round_ % 2 else consumers[::-1]):
+                    dsn = new_dsn()
+                    rate, peak, cpu = drain(command, bootstrap, topic, dsn, args.events,
+                                            work / f"{store.lower()}-{round_}-{number}.log")
+                    remove(dsn)
+                    rows.append((f"{label}, {store}{suffix}", rate, peak, cpu, bare))
+                    print(f"{label}, {store}{suffix}: {rate:,.0f} events/s ({rate / bare:.2f} of the bare loop), "
+                          f"peak RSS {peak:.0f} MiB, {cpu * 1e6:.1f} us CPU an event", flush=True)
+
     print(f"\n| {args.events:,} events, {args.partitions} partitions | events/s | of the bare loop | peak RSS "
           "| CPU an event (consumer process) |")
     print("| --- | --- | --- | --- | --- |")
-    for name, rate, rss, cpu in rows:
+    for name, rate, rss, cpu, bare in rows:
         print(f"| {name} | {rate:,.0f} | {rate / bare:.2f} | {'' if rss is None else f'{rss:.0f} MiB'} "
               f"| {cpu * 1e6:.1f} us |")
+    if args.rounds > 1:
+        print(f"\nMedians of {args.rounds} rounds:\n\n| | of the bare loop | CPU an event | peak RSS |\n"
+              "| --- | --- | --- | --- |")
+        for name in dict.fromkeys(row[0].rpartition(" (round ")[0] for row in rows):
+            mine = [row for row in rows if row[0].rpartition(" (round ")[0] == name]
+            peaks = [row[2] for row in mine if row[2] is not None]
+            print(f"| {name} | {statistics.median(row[1] / row[4] for row in mine):.2f} "
+                  f"| {statistics.median(row[3] for row in mine) * 1e6:.1f} us "
+                  f"| {f'{statistics.median(peaks):.0f} MiB' if peaks else ''} |")
     return 0
 
 
