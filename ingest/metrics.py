@@ -67,6 +67,10 @@ class IngestMetrics:
             "passpost_http_refusals", "Requests or connections refused before the app: limits, timeouts, bad HTTP.",
             ["reason"], registry=r,
         )
+        self.refusal_episodes = Counter(
+            "passpost_503_episodes", "Runs of postbacks answered 503 because Kafka or the spool could not keep "
+            "them (each ends at the next postback accepted).", registry=r,
+        )
         self.recoveries = Counter(
             "passpost_xml_recoveries", "Bodies accepted only after dropping a malformed root start tag.",
             registry=r,

@@ -192,7 +192,8 @@ class KafkaReachability(logging.Filter):
     def watch(self, client: Any) -> None:
         """Report each connection attempt of an aiokafka client (a producer, consumer or admin
         client, or its inner ``AIOKafkaClient``) to this tracker; watching twice is a no-op."""
-        inner = getattr(client, "_client", client)
+        # A consumer's or admin client's AIOKafkaClient is ``_client``, a producer's ``client``.
+        inner = getattr(client, "_client", None) or getattr(client, "client", None) or client
         get_conn = getattr(inner, "_get_conn", None)
         if get_conn is None or getattr(get_conn, "_passpost_watched", False):
             return
