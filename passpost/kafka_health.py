@@ -19,11 +19,13 @@ Lines that matter stay as they are: a produce error, a session expired, a fatal 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +71,8 @@ class _Lost:
     announced: bool = False
 
 
+# How often a broker this process cannot reach is tried again, whether or not a client needs it.
+PROBE_SECONDS = 5.0
 # A group without a coordinator for less than this is routine: a group's first start marks
 # its coordinator dead several times while the broker loads the offsets topic.
 COORDINATOR_GRACE_SECONDS = 2.0
@@ -91,7 +95,10 @@ class KafkaReachability(logging.Filter):
         self._coordinators: dict[str, _Lost] = {}  # group -> since when without its coordinator
         self._last_error: dict[int, str] = {}
         self._known: dict[int, str] = {}  # node id -> address, every node this process reached or tried
-        self.listeners: list[Callable[[int, str, bool], None]] = []  # (node, address, reachable): metrics
+        # Each metrics registry's (node, address, reachable) method, weakly: tests build many apps.
+        self._listeners: list[weakref.WeakMethod[Callable[[int, str, bool], None]]] = []
+        self._last_probe = 0.0
+        self._probes: set[asyncio.Future[Any]] = set()
 
     # --- brokers -------------------------------------------------------------------------
 
@@ -106,10 +113,15 @@ class KafkaReachability(logging.Filter):
         self._notify(node_id, address, False)
 
     def broker_reached(self, node_id: int, address: str) -> None:
+        if node_id in self._known and node_id not in self._brokers:  # the common case, no lock
+            return
         with self._lock:
+            first = node_id not in self._known
             self._known[node_id] = address
             away = self._brokers.pop(node_id, None)
         if away is None:
+            if first:
+                self._notify(node_id, address, True)
             return
         log.warning("Kafka broker %s at %s reachable again after %.1f s", node_id, address,
                     self._clock() - away.since)
@@ -198,7 +210,7 @@ class KafkaReachability(logging.Filter):
         if get_conn is None or getattr(get_conn, "_passpost_watched", False):
             return
 
-        async def watched_get_conn(node_id: Any, *args: Any, **kwargs: Any) -> Any:
+        async def report(node_id: Any, *args: Any, **kwargs: Any) -> Any:
             connection = await get_conn(node_id, *args, **kwargs)
             if isinstance(node_id, int) and node_id >= 0:
                 broker = inner.cluster.broker_metadata(node_id)
@@ -209,12 +221,40 @@ class KafkaReachability(logging.Filter):
                     self.broker_reached(node_id, address)
             return connection
 
+        async def watched_get_conn(node_id: Any, *args: Any, **kwargs: Any) -> Any:
+            if self._brokers:
+                self._probe_unreachable(report, node_id)
+            return await report(node_id, *args, **kwargs)
+
         watched_get_conn._passpost_watched = True  # type: ignore[attr-defined]
         inner._get_conn = watched_get_conn
 
+    def _probe_unreachable(self, report: Callable[..., Any], asked: object) -> None:
+        """Try an unreachable broker again every ``PROBE_SECONDS``: a client asks for a node only
+        while it needs it (a leader, a coordinator), so one restarted after its partitions moved
+        away would otherwise stay "unreachable" (and its gauge 0) for good."""
+        now = self._clock()
+        if now - self._last_probe < PROBE_SECONDS:
+            return
+        self._last_probe = now
+        for node_id in list(self._brokers):
+            if node_id != asked:
+                task = asyncio.ensure_future(report(node_id))
+                self._probes.add(task)
+                task.add_done_callback(self._probes.discard)
+
+    def subscribe(self, listener: Callable[[int, str, bool], None]) -> None:
+        """Call the bound method ``listener(node, address, reachable)`` when a broker is first
+        reached, lost or back (a metrics gauge); held weakly."""
+        self._listeners.append(weakref.WeakMethod(listener))
+
     def _notify(self, node_id: int, address: str, reachable: bool) -> None:
-        for listener in list(self.listeners):
-            listener(node_id, address, reachable)
+        for reference in list(self._listeners):
+            listener = reference()
+            if listener is None:
+                self._listeners.remove(reference)
+            else:
+                listener(node_id, address, reachable)
 
 
 def _int(value: object) -> int:

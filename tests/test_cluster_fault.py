@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import fastavro
+import httpx
 import pytest
 
 from passpost import settings as settings_module
@@ -91,6 +92,10 @@ def test_leader_and_controller_deaths_under_load_lose_and_double_nothing(
             controller = cluster.active_controller()
             windows[f"controller {controller}"] = kill_and_restart(cluster, controller, answers)
             wait_for(lambda: accepted_since(answers, time.monotonic() - 0.5) > 0, 30, "the stream healthy at the end")
+            # The ingress sees every broker again: one it no longer writes to is probed all the same.
+            wait_for(lambda: all(f'passpost_kafka_broker_reachable{{node="{node}"}} 1.0' in
+                                 httpx.get(f"{ingress.url}/metrics", timeout=5).text for node in (1, 2, 3)),
+                     20, "the ingress to report every broker reachable")
         finally:
             stop.set()
             for worker in workers:
@@ -99,6 +104,9 @@ def test_leader_and_controller_deaths_under_load_lose_and_double_nothing(
         wait_for(lambda: consumer.metric("passpost_consumer_events_total") >= len(accepted), 60,
                  "the consumer to store every accepted event")
         assert ingress.process.poll() is None and consumer.process.poll() is None  # no restart needed
+        metrics = httpx.get(f"{ingress.url}/metrics", timeout=5).text
+        episodes = re.search(r"^passpost_503_episodes_total (\S+)$", metrics, re.MULTILINE)
+        assert episodes is not None and 1 <= float(episodes.group(1)) <= 2  # one per death at most
         ingress.process.send_signal(signal.SIGTERM)
         assert ingress.process.wait(30) == 0, ingress.log.read_text()
         assert consumer.terminate() == 0, consumer.log.read_text()
