@@ -71,7 +71,7 @@ class IngestMetrics:
             ["reason"], registry=r,
         )
         self.refusal_episodes = Counter(
-            "passpost_503_episodes", "Runs of postbacks answered 503 because Kafka or the spool could not keep "
+            "passpost_unavailable_episodes", "Runs of postbacks answered 503 because Kafka or the spool could not keep "
             "them (each ends at the next postback accepted).", registry=r,
         )
         # 1 while this process reaches the broker, 0 while it cannot; per worker, the lowest counts.

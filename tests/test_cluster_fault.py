@@ -108,7 +108,7 @@ def test_leader_and_controller_deaths_under_load_lose_and_double_nothing(
                  "the consumer to store every accepted event")
         assert ingress.process.poll() is None and consumer.process.poll() is None  # no restart needed
         metrics = httpx.get(f"{ingress.url}/metrics", timeout=5).text
-        episodes = re.search(r"^passpost_503_episodes_total (\S+)$", metrics, re.MULTILINE)
+        episodes = re.search(r"^passpost_unavailable_episodes_total (\S+)$", metrics, re.MULTILINE)
         assert episodes is not None and (0 if spool else 1) <= float(episodes.group(1)) <= 2  # one per death at most
         ingress.process.send_signal(signal.SIGTERM)
         assert ingress.process.wait(30) == 0, ingress.log.read_text()
