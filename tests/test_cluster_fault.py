@@ -107,6 +107,9 @@ def test_leader_and_controller_deaths_under_load_lose_and_double_nothing(
         wait_for(lambda: consumer.metric("passpost_consumer_events_total") >= len(accepted), 60,
                  "the consumer to store every accepted event")
         assert ingress.process.poll() is None and consumer.process.poll() is None  # no restart needed
+        consumer_metrics = httpx.get(f"http://127.0.0.1:{consumer.port}/metrics", timeout=5).text
+        assert re.findall(r'^passpost_kafka_broker_reachable\{consumer="analytics",node="(\d)"\} 1\.0$',
+                          consumer_metrics, re.MULTILINE), consumer_metrics
         metrics = httpx.get(f"{ingress.url}/metrics", timeout=5).text
         episodes = re.search(r"^passpost_unavailable_episodes_total (\S+)$", metrics, re.MULTILINE)
         assert episodes is not None and (0 if spool else 1) <= float(episodes.group(1)) <= 2  # one per death at most
