@@ -38,6 +38,7 @@ from starlette.types import Receive, Scope, Send
 
 from passpost.ingest.auth import TokenCheck
 from passpost.ingest.connection import TIMED_OUT
+from passpost.ingest.episodes import RefusalEpisodes
 from passpost.ingest.forwarder import SpoolingPublisher, publisher_for
 from passpost.ingest.metrics import IngestMetrics, exposition
 from passpost.ingest.middleware import RequestContext, RequestLog, request_id_of
@@ -107,6 +108,7 @@ class Ingress:
         self.metrics = metrics
         self.tokens = TokenCheck(settings.ingest_tokens, open_access=settings.ingest_open)
         self.draining = False
+        self.episodes = RefusalEpisodes(metrics.refusal_episodes.inc)
 
     async def receive_postback(self, scope: Scope, receive: Receive, request_id: str) -> Answer:
         """``POST /postbacks/passes``, as a plain ASGI endpoint (see ``IngressApp``)."""
@@ -148,6 +150,7 @@ class Ingress:
         count_event = self.metrics.count_event
         for _, outcome, origin in made.events:
             count_event(outcome, origin)
+        self.episodes.accepted()
         return Answer.accepted([event_id for event_id, _, _ in made.events])
 
     async def _read_body(self, receive: Receive, declared_length: str) -> bytes:
@@ -188,7 +191,7 @@ class Ingress:
 
     def _unavailable(self, unavailable: KafkaUnavailable | SpoolRefused) -> Answer:
         """503: nothing was kept, so the sender's retry loses nothing."""
-        log.warning("answering 503: %s", unavailable)
+        self.episodes.refused(unavailable)
         if isinstance(unavailable, SpoolRefused):
             code = unavailable.code
             detail = "The spool that keeps postbacks while Kafka is away cannot take this one; retry later."

@@ -13,11 +13,14 @@ from typing import Any
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
     multiprocess,
 )
+
+from passpost.kafka_health import REACHABILITY
 
 # The *_created series double the exposition for no use a dashboard has.
 disable_created_metrics()
@@ -67,10 +70,26 @@ class IngestMetrics:
             "passpost_http_refusals", "Requests or connections refused before the app: limits, timeouts, bad HTTP.",
             ["reason"], registry=r,
         )
+        self.refusal_episodes = Counter(
+            "passpost_unavailable_episodes", "Runs of postbacks answered 503 because Kafka or the spool could not keep "
+            "them (each ends at the next postback accepted).", registry=r,
+        )
+        # 1 while this process reaches the broker, 0 while it cannot; per worker, the lowest counts.
+        self.broker_reachable = Gauge(
+            "passpost_kafka_broker_reachable", "Whether this process reaches the Kafka broker (1) or not (0), by "
+            "node id.", ["node"], registry=r, multiprocess_mode="livemin",
+        )
+        REACHABILITY.subscribe(self._broker_reachability)
+        unreachable = REACHABILITY.unreachable_brokers()
+        for node in REACHABILITY.known_brokers():
+            self._broker_reachability(node, "", node not in unreachable)
         self.recoveries = Counter(
             "passpost_xml_recoveries", "Bodies accepted only after dropping a malformed root start tag.",
             registry=r,
         )
+
+    def _broker_reachability(self, node_id: int, address: str, reachable: bool) -> None:
+        self.broker_reachable.labels(str(node_id)).set(1 if reachable else 0)
 
     def count_event(self, outcome: str, origin: str) -> None:
         key = (outcome, origin if origin in self._known_origins else OTHER_ORIGIN)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import logging
 import ssl
 from collections.abc import Iterable
 from typing import Any
@@ -28,6 +26,7 @@ from aiokafka.errors import (
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.metadata import MetadataRequest
 
+from passpost import kafka_health
 from passpost.errors import ConfigurationError, PasspostError, describe_error
 from passpost.settings import Settings
 
@@ -121,45 +120,14 @@ def _creation_outcome(response: Any, name: str) -> str:
     return "created"
 
 
-class _Starting:
-    """One ``start_client`` call in progress; tasks the start spawns share it, so their lines are
-    quiet while it runs and shown again once it returns."""
-
-    active = True
-
-
-_starting: contextvars.ContextVar[_Starting | None] = contextvars.ContextVar("passpost_kafka_starting", default=None)
-
-
-class _QuietWhileStarting(logging.Filter):
-    """Leaves out what aiokafka logs for a client that ``start_client`` is starting; every other
-    line (other tasks, other clients, this one once started) passes. No logger's level changes,
-    so overlapping starts cannot leave one behind."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        starting = _starting.get()
-        return starting is None or not starting.active
-
-
-_QUIET_WHILE_STARTING = _QuietWhileStarting()
-
-
-def _quiet_aiokafka_loggers() -> None:
-    """Put the filter on every aiokafka logger there is (a filter applies to its own logger's
-    records only, not to its children's); adding it again is a no-op."""
-    for name, logger in list(logging.Logger.manager.loggerDict.items()):
-        if isinstance(logger, logging.Logger) and (name == "aiokafka" or name.startswith("aiokafka.")):
-            logger.addFilter(_QUIET_WHILE_STARTING)
-
-
 async def start_client(client: Any, settings: Settings, timeout: float = 20.0) -> None:
     """Start an aiokafka client; if it cannot connect, close it and raise a one-line error."""
     # aiokafka logs each refused connection itself; the error raised here says it once.
-    _quiet_aiokafka_loggers()
-    starting = _Starting()
-    token = _starting.set(starting)
+    kafka_health.install()
+    kafka_health.REACHABILITY.watch(client)
     try:
-        await asyncio.wait_for(client.start(), timeout)
+        with kafka_health.REACHABILITY.starting():
+            await asyncio.wait_for(client.start(), timeout)
     except (KafkaError, OSError, TimeoutError) as error:
         with contextlib.suppress(Exception):
             await (client.close() if hasattr(client, "close") else client.stop())
@@ -168,9 +136,6 @@ async def start_client(client: Any, settings: Settings, timeout: float = 20.0) -
             with contextlib.suppress(TimeoutError):
                 error = await asyncio.wait_for(_bootstrap_failure(settings), timeout) or error
         raise KafkaUnavailable(_connection_problem(error, settings)) from None
-    finally:
-        starting.active = False
-        _starting.reset(token)
 
 
 async def _bootstrap_failure(settings: Settings) -> BaseException | None:

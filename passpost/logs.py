@@ -15,6 +15,8 @@ import threading
 import time
 from typing import Any, TextIO
 
+from passpost import kafka_health
+
 
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
@@ -148,33 +150,12 @@ def configure(log_format: str = "text", level: str = "info") -> None:
     # aiokafka logs every failed reconnect at ERROR with a traceback; the ingress reports
     # Kafka trouble itself (503s, readiness, metrics), so keep aiokafka to warnings and above.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
-    coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
-    if not any(isinstance(existing, _CoordinatorLookups) for existing in coordinator.filters):
-        coordinator.addFilter(_CoordinatorLookups())
+    # aiokafka's per-attempt lines (a refused connection, a coordinator dropped) go to DEBUG and
+    # one line per broker or coordinator lost and back replaces them (passpost/kafka_health.py).
+    kafka_health.install()
     # The server's own access log prints the query string, which can hold a token.
     logging.getLogger("uvicorn.access").disabled = True
     # httpx logs every request at INFO (schema registry, alert sinks), URL included, which may hold
     # credentials; the callers log failures themselves.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
 
-
-class _CoordinatorLookups(logging.Filter):
-    """aiokafka logs its group coordinator's routine look-ups as trouble: each retry while a
-    broker that has just started has no coordinator yet (ERROR, CoordinatorNotAvailable), and
-    each time it drops the coordinator it knew to look it up again (WARNING "Marking the
-    coordinator dead", several times on a group's first start while the broker loads its
-    offsets topic). The consumer retries by itself, its /readyz says when it has no
-    partitions, and a real failure (a session expired, a request that could not be sent) has
-    an ERROR line of its own; so these lines are logged at DEBUG."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self._routine(record):
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
-        return True
-
-    @staticmethod
-    def _routine(record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR:
-            return "CoordinatorNotAvailable" in record.getMessage()
-        return record.levelno == logging.WARNING and str(record.msg).startswith("Marking the coordinator dead")

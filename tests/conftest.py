@@ -41,7 +41,7 @@ def kafka_topics(kafka_bootstrap: str) -> Callable[..., list[str]]:
 # so `make check` (-m "not server ...") runs exactly the tests that need none.
 # ---------------------------------------------------------------------------------------
 
-SERVER_FIXTURES = frozenset({"kafka_bootstrap", "local_kafka", "kafka_topics", "postgres_dsn", "own_postgres",
+SERVER_FIXTURES = frozenset({"kafka_bootstrap", "local_kafka", "kafka_cluster", "kafka_topics", "postgres_dsn", "own_postgres",
                              "postgres_server", "alertmanager_url", "schema_registry", "passpost_image"})
 
 

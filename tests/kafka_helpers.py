@@ -27,7 +27,7 @@ def unique_topic(prefix: str = "test") -> str:
 
 
 async def create_topics_async(
-    bootstrap: str, names: Iterable[str], partitions: int = 1, *, timeout: float = 30.0
+    bootstrap: str, names: Iterable[str], partitions: int = 1, *, timeout: float = 30.0, replication_factor: int = 1
 ) -> list[str]:
     """Create ``names`` (existing ones are fine) and wait until every partition has a
     leader, so that a producer started right after does not race the broker."""
@@ -38,7 +38,7 @@ async def create_topics_async(
     try:
         try:
             response = await admin.create_topics(
-                [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in topics]
+                [NewTopic(name, num_partitions=partitions, replication_factor=replication_factor) for name in topics]
             )
         except TopicAlreadyExistsError:
             pass
@@ -152,8 +152,10 @@ async def _assigned(consumer: AIOKafkaConsumer, topic: str, deadline: float) -> 
     return sorted(partitions)
 
 
-def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 1, *, timeout: float = 30.0) -> list[str]:
-    return run_sync(create_topics_async(bootstrap, names, partitions, timeout=timeout))
+def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 1, *, timeout: float = 30.0,
+                  replication_factor: int = 1) -> list[str]:
+    return run_sync(create_topics_async(bootstrap, names, partitions, timeout=timeout,
+                                        replication_factor=replication_factor))
 
 
 def read_all(

@@ -78,7 +78,7 @@ CONSUMER_METRICS = {
     "passpost_consumer_batch_duration_seconds", "passpost_consumer_lag", "passpost_consumer_retries_total",
     "passpost_consumer_dead_letters_total", "passpost_alerts_fired_total", "passpost_alerts_resolved_total",
     "passpost_alerts_delivered_total", "passpost_alerts_failed_total",
-    "passpost_consumer_seconds_since_commit", "passpost_consumer_ready",
+    "passpost_consumer_seconds_since_commit", "passpost_consumer_ready", "passpost_kafka_broker_reachable",
 }
 
 

@@ -38,7 +38,7 @@ def test_rules_pass_promtool_check(tmp_path: Path) -> None:
     result = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60,
                             check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 7 rules found" in result.stdout, result.stdout
+    assert "SUCCESS: 8 rules found" in result.stdout, result.stdout
 
 
 POD = 'namespace="kafka",pod="passpost-alerts-7d9c",consumer="alerts"'
@@ -158,6 +158,22 @@ SPOOL_TESTS = [
 ]
 
 
+BROKER_TESTS = [
+    # Broker 2 dies for good: unreachable from the ingress for 2 minutes -> a warning naming it;
+    # broker 1 dies and is back (or fenced and replaced) within a minute -> quiet.
+    {"interval": "30s",
+     "input_series": [
+         {"series": f'passpost_kafka_broker_reachable{{{INGRESS},node="2"}}', "values": "1 1 0x12"},
+         {"series": f'passpost_kafka_broker_reachable{{{INGRESS},node="1"}}', "values": "1 0 0 1x11"},
+     ],
+     "alert_rule_test": [
+         {"eval_time": "2m", "alertname": "PasspostKafkaBrokerUnreachable", "exp_alerts": []},
+         {"eval_time": "3m30s", "alertname": "PasspostKafkaBrokerUnreachable",
+          "exp_alerts": [{"exp_labels": {**INGRESS_LABELS, "node": "2", "severity": "warning"}}]},
+     ]},
+]
+
+
 def test_rules_fire_when_a_consumer_stalls_or_falls_behind_and_only_then(tmp_path: Path) -> None:
     # promtool compares annotations too; their templates are checked above, so the
     # behaviour is tested on the rules without them.
@@ -167,7 +183,7 @@ def test_rules_fire_when_a_consumer_stalls_or_falls_behind_and_only_then(tmp_pat
             rule.pop("annotations", None)
     (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": groups}))
     (tmp_path / "tests.yml").write_text(yaml.safe_dump({
-        "rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": UNIT_TESTS + SPOOL_TESTS}))
+        "rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": UNIT_TESTS + SPOOL_TESTS + BROKER_TESTS}))
     result = subprocess.run([promtool(), "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from passpost.kafka_health import REACHABILITY
+
 
 class ConsumerMetrics:
     """The metric names the Grafana dashboard (deploy/grafana/passpost.json) reads."""
@@ -42,6 +44,17 @@ class ConsumerMetrics:
         self._ready = Gauge("passpost_consumer_ready", "1 while /readyz answers 200, else 0.", labels,
                             registry=self.registry)
         self.consumer = consumer
+        # The same name as the ingress's: 1 while this process reaches the broker, 0 while not.
+        self._broker_reachable = Gauge(
+            "passpost_kafka_broker_reachable", "Whether this process reaches the Kafka broker (1) or not (0), by "
+            "node id.", ["consumer", "node"], registry=self.registry)
+        REACHABILITY.subscribe(self._broker_reachability)
+        unreachable = REACHABILITY.unreachable_brokers()
+        for node in REACHABILITY.known_brokers():
+            self._broker_reachability(node, "", node not in unreachable)
+
+    def _broker_reachability(self, node_id: int, address: str, reachable: bool) -> None:
+        self._broker_reachable.labels(self.consumer, str(node_id)).set(1 if reachable else 0)
 
     def track(self, seconds_since_commit: Callable[[], float], not_ready: Callable[[], str | None]) -> None:
         """Both gauges are computed when scraped: a stalled loop cannot leave them stale."""

@@ -4,6 +4,8 @@ kafka_bootstrap  one broker for the whole session: ``PASSPOST_KAFKA_BOOTSTRAP_SE
                  else a ``LocalKafka`` (a real KRaft broker run from Kafka's jars). Tests share
                  it, so each test should use topic names of its own.
 local_kafka      a ``LocalKafka`` of the test's own, for tests that stop, kill or restart it.
+kafka_cluster    a ``LocalKafkaCluster`` of the test's own: three nodes, RF 3, min ISR 2, as in
+                 production, for tests that kill a partition leader or the active controller.
 
 Registered under ``pytest11`` (devkit/pyproject.toml): installing passpost-dev is enough, in passpost's
 own tests and in a consumer package's (``passpost new consumer`` writes one whose test uses it).
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from passpost_dev.kafka import LocalKafka
+from passpost_dev.kafka import LocalKafka, LocalKafkaCluster
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +46,11 @@ def local_kafka(tmp_path: Path) -> Iterator[LocalKafka]:
     with LocalKafka(tmp_path / "kafka") as kafka:
         print(f"local Kafka at {kafka.bootstrap_servers}, log {kafka.log_path}")
         yield kafka
+
+
+@pytest.fixture
+def kafka_cluster(tmp_path: Path) -> Iterator[LocalKafkaCluster]:
+    """A three-node cluster of this test's own, started; closed after it."""
+    with LocalKafkaCluster(tmp_path / "kafka-cluster") as cluster:
+        print(f"local Kafka cluster at {cluster.bootstrap_servers}, logs in {cluster.workdir}/node-*/kafka.log")
+        yield cluster

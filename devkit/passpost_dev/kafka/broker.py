@@ -40,7 +40,7 @@ from types import TracebackType
 
 from passpost_dev.kafka import storage
 from passpost_dev.kafka.certificates import Certificates, make_certificates
-from passpost_dev.kafka.config import NODE_ID, SASL_MECHANISMS, SECURE_LISTENERS, SSL_CLIENT_AUTH, BrokerConfig
+from passpost_dev.kafka.config import NODE_ID, SASL_MECHANISMS, SECURE_LISTENERS, SSL_CLIENT_AUTH, BrokerConfig, Quorum
 from passpost_dev.kafka.errors import LocalKafkaError, java_executable
 from passpost_dev.kafka.jars import ensure_kafka_jars
 from passpost_dev.kafka.jvm import BrokerProcess, class_archive, java_command, tail
@@ -82,6 +82,8 @@ class LocalKafka:
         sasl_password: str = "passpost-secret",
         ssl_client_auth: str = "requested",
         extra_properties: Mapping[str, object] | None = None,
+        node_id: int = NODE_ID,
+        quorum: Quorum | None = None,
     ) -> None:
         requested = set(listeners)
         self.listeners = tuple(name for name in SECURE_LISTENERS if name in requested)
@@ -98,6 +100,11 @@ class LocalKafka:
         self.sasl_password = sasl_password
         self.ssl_client_auth = ssl_client_auth
         self.extra_properties = dict(extra_properties or {})  # server.properties set over the defaults
+        # A node of a LocalKafkaCluster shares its quorum (and cluster id) with the others.
+        if quorum is not None and node_id not in quorum.voters:
+            raise ValueError(f"node {node_id} is not one of the quorum's voters {sorted(quorum.voters)}")
+        self.node_id = node_id
+        self.quorum = quorum
         self._listener_ports: dict[str, int] = {}
         self._owns_dir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="passpost-kafka-")) if workdir is None else Path(workdir)
@@ -106,7 +113,7 @@ class LocalKafka:
         self._cache_dir = cache_dir
         self._use_class_archive = class_archive
         self._port = port
-        self._controller_port: int | None = None
+        self._controller_port: int | None = None if quorum is None else quorum.voters[node_id]
         self._process = BrokerProcess()
         self._finalizer = weakref.finalize(
             self, _cleanup, self._process, self.workdir if self._owns_dir else None
@@ -186,8 +193,15 @@ class LocalKafka:
         answers metadata requests. Starting a running broker does nothing."""
         if self.running:
             return self
-        self._process.kill()  # reaps a broker that exited by itself since
         deadline = time.monotonic() + timeout
+        self.launch(deadline)
+        self.wait_until_serving(deadline)
+        return self
+
+    def launch(self, deadline: float) -> None:
+        """Start the JVM without waiting for it to serve: a cluster's nodes must all be
+        launched before any of them can elect a controller. ``wait_until_serving`` follows."""
+        self._process.kill()  # reaps a broker that exited by itself since
         java = java_executable()
         libs = ensure_kafka_jars(self._cache_dir)
         config = self._config()
@@ -207,12 +221,14 @@ class LocalKafka:
                 # JVM directly, or it would shut down while we still think it is serving.
                 start_new_session=True,
             )
+
+    def wait_until_serving(self, deadline: float) -> None:
+        """Return once this node answers metadata requests and lists itself (registered, unfenced)."""
         try:
-            self._wait_until_serving(storage.cluster_id_of(config.data_dir), deadline)
+            self._wait_until_serving(storage.cluster_id_of(self._config_data_dir), deadline)
         except BaseException:
             self._process.kill()
             raise
-        return self
 
     def stop(self, timeout: float = 30) -> None:
         """Shut the broker down cleanly (SIGTERM), or SIGKILL it after ``timeout`` s."""
@@ -276,6 +292,10 @@ class LocalKafka:
         return f"<LocalKafka {address} {state} in {self.workdir}>"
 
     @property
+    def _config_data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
     def _uses_tls(self) -> bool:
         return any(name.endswith("SSL") for name in self.listeners)
 
@@ -298,7 +318,7 @@ class LocalKafka:
             sasl_username=self.sasl_username, sasl_password=self.sasl_password,
             ssl_client_auth=self.ssl_client_auth, log_level=self.log_level,
             certificates=self.certificates if self._uses_tls else None,
-            extra_properties=self.extra_properties,
+            extra_properties=self.extra_properties, node_id=self.node_id, quorum=self.quorum,
         )
 
     def _class_sharing(self, libs: Path, java: str) -> tuple[list[str], list[str]]:
@@ -318,7 +338,8 @@ class LocalKafka:
                          deadline: float) -> None:
         template = storage.template_dir(libs, config.scram_arguments())
         if template.is_dir():
-            storage.copy_formatted_storage(template, config.data_dir)
+            storage.copy_formatted_storage(template, config.data_dir, node_id=self.node_id,
+                                           cluster_id=None if self.quorum is None else self.quorum.cluster_id)
             return
         self._format(config, java, libs, sharing, config_file, deadline)
         # Keep this broker's freshly formatted storage as the template for later ones.
@@ -326,9 +347,10 @@ class LocalKafka:
 
     def _format(self, config: BrokerConfig, java: str, libs: Path, sharing: list[str], config_file: Path,
                 deadline: float) -> None:
+        cluster_id = storage.kafka_uuid() if self.quorum is None else self.quorum.cluster_id
         command = java_command(
             java, libs, self.workdir, self.heap, sharing, "kafka.tools.StorageTool",
-            "format", "--cluster-id", storage.kafka_uuid(), "--config", str(config_file), "--ignore-formatted",
+            "format", "--cluster-id", cluster_id, "--config", str(config_file), "--ignore-formatted",
             *config.scram_arguments(),
         )
         self._note("formatting the KRaft storage")
@@ -356,7 +378,7 @@ class LocalKafka:
                 # The cluster id tells our broker from another process on a fixed port.
                 if answer.cluster_id != cluster_id:
                     last_error = f"port {self._port} answers for cluster {answer.cluster_id}, not ours"
-                elif NODE_ID in answer.brokers:
+                elif self.node_id in answer.brokers:
                     return
                 else:
                     last_error = "broker not registered yet"

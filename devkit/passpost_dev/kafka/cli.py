@@ -11,6 +11,7 @@ from pathlib import Path
 
 from passpost_dev.kafka import storage
 from passpost_dev.kafka.broker import LocalKafka
+from passpost_dev.kafka.cluster import LocalKafkaCluster
 from passpost_dev.kafka.config import SECURE_LISTENERS
 from passpost_dev.kafka.errors import LocalKafkaError, java_executable
 from passpost_dev.kafka.jars import KAFKA_VERSION, ensure_kafka_jars, kafka_jars_cached
@@ -33,10 +34,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--workdir", type=Path, default=None, help="keep data here (default: temp dir)")
     run.add_argument("--secure", action="store_true",
                      help="add SASL_PLAINTEXT, SSL and SASL_SSL listeners and print how to reach them")
+    run.add_argument("--cluster", action="store_true",
+                     help="three nodes (RF 3, min ISR 2) as production runs, to try a broker's death by hand")
     options = parser.parse_args(argv)
     try:
         if options.command == "fetch":
             return fetch_jars(verbose=options.verbose, jars_only=options.jars_only)
+        if options.cluster:
+            if options.port is not None or options.secure:
+                parser.error("--cluster takes neither --port nor --secure")
+            return run_cluster(options.workdir)
         return run_broker(options.port, options.workdir, secure=options.secure)
     except LocalKafkaError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -88,3 +95,26 @@ def run_broker(port: int | None, workdir: Path | None, *, secure: bool = False) 
         return 0
     finally:
         kafka.close()
+
+
+def run_cluster(workdir: Path | None) -> int:
+    """Three nodes up until Ctrl-C or SIGTERM (exit 0); a node killed by hand is not restarted."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    cluster = LocalKafkaCluster(workdir)
+    try:
+        started = time.monotonic()
+        cluster.start()
+        print(f"Kafka {KAFKA_VERSION} cluster serving at {cluster.bootstrap_servers} "
+              f"(started in {time.monotonic() - started:.1f} s; active controller: node "
+              f"{cluster.active_controller()})", flush=True)
+        for node_id, node in cluster.nodes.items():
+            print(f"node {node_id}: {node.bootstrap_servers}, pid {node.pid}, log {node.log_path}", flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+        while cluster.running_nodes():
+            time.sleep(0.5)
+        print(f"every node exited; logs in {cluster.workdir}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        cluster.close()

@@ -21,6 +21,24 @@ SSL_CLIENT_AUTH = ("none", "requested", "required")
 
 
 @dataclass(frozen=True)
+class Quorum:
+    """The nodes one broker shares a KRaft cluster with: each is broker and controller at once.
+
+    ``voters`` maps every node id to its controller port. A single broker is a quorum of one
+    with replication factor 1; ``LocalKafkaCluster`` makes one of three with RF 3 and min ISR 2,
+    as production runs.
+    """
+
+    cluster_id: str
+    voters: Mapping[int, int]
+    replication_factor: int = 1
+    min_insync_replicas: int = 1
+
+    def voters_property(self) -> str:
+        return ",".join(f"{node}@127.0.0.1:{port}" for node, port in sorted(self.voters.items()))
+
+
+@dataclass(frozen=True)
 class BrokerConfig:
     """What one start of the broker is configured with; ``listener_ports`` holds the secured listeners only."""
 
@@ -35,6 +53,9 @@ class BrokerConfig:
     certificates: Certificates | None  # needed when a listener uses TLS
     # Set last, over the defaults: e.g. Kafka's authorizer for a test of ACLs.
     extra_properties: Mapping[str, object] = field(default_factory=dict)
+    node_id: int = NODE_ID
+    # None: a quorum of this node alone (controller_port), replication factor 1.
+    quorum: Quorum | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -51,10 +72,14 @@ class BrokerConfig:
     def server_properties(self) -> dict[str, object]:
         listeners = list(self.listener_ports)
         secured = [f"{name}://127.0.0.1:{port}" for name, port in self.listener_ports.items()]
+        voters = (f"{self.node_id}@127.0.0.1:{self.controller_port}" if self.quorum is None
+                  else self.quorum.voters_property())
+        replicas = 1 if self.quorum is None else self.quorum.replication_factor
+        min_isr = 1 if self.quorum is None else self.quorum.min_insync_replicas
         return {
             "process.roles": "broker,controller",
-            "node.id": NODE_ID,
-            "controller.quorum.voters": f"{NODE_ID}@127.0.0.1:{self.controller_port}",
+            "node.id": self.node_id,
+            "controller.quorum.voters": voters,
             "listeners": ",".join([f"PLAINTEXT://127.0.0.1:{self.port}",
                                    f"CONTROLLER://127.0.0.1:{self.controller_port}", *secured]),
             "advertised.listeners": ",".join([f"PLAINTEXT://127.0.0.1:{self.port}", *secured]),
@@ -63,14 +88,15 @@ class BrokerConfig:
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "log.dirs": self.data_dir,
-            # One broker: every internal topic must fit on it.
-            "offsets.topic.replication.factor": 1,
-            "transaction.state.log.replication.factor": 1,
-            "transaction.state.log.min.isr": 1,
-            "share.coordinator.state.topic.replication.factor": 1,
-            "share.coordinator.state.topic.min.isr": 1,
-            "min.insync.replicas": 1,
-            "default.replication.factor": 1,
+            # One broker: every internal topic must fit on it (RF 1). A cluster replicates
+            # everything as production does, so a node's death is a fault tolerated.
+            "offsets.topic.replication.factor": replicas,
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": min_isr,
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "share.coordinator.state.topic.min.isr": min_isr,
+            "min.insync.replicas": min_isr,
+            "default.replication.factor": replicas,
             "num.partitions": 1,
             "auto.create.topics.enable": "false",
             # The first consumer group or transactional producer creates these topics;

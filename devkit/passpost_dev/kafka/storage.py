@@ -39,10 +39,14 @@ def template_dir(libs: Path, scram_arguments: Sequence[str] = ()) -> Path:
     return libs.parent / f"{_TEMPLATE}-scram-{key}"
 
 
-def copy_formatted_storage(template: Path, data: Path) -> None:
-    """Give ``data`` the formatted storage of ``template`` under fresh identities."""
+def copy_formatted_storage(template: Path, data: Path, *, node_id: int = 1, cluster_id: str | None = None) -> None:
+    """Give ``data`` the formatted storage of ``template`` under fresh identities.
+
+    The nodes of one cluster share ``cluster_id``; a lone broker gets a new one. The
+    template may come from any node id, so ``node_id`` is always written.
+    """
     shutil.copytree(template, data, dirs_exist_ok=True)
-    fresh = {"cluster.id": kafka_uuid(), "directory.id": kafka_uuid()}
+    fresh = {"cluster.id": cluster_id or kafka_uuid(), "directory.id": kafka_uuid(), "node.id": str(node_id)}
     meta = data / "meta.properties"
     lines = meta.read_text(encoding="utf-8").splitlines()
     renewed = [
