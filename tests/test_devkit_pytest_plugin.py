@@ -27,3 +27,14 @@ def test_kafka_bootstrap_is_the_configured_broker_when_one_is_set(tmp_path: Path
                             env={**os.environ, "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": "broker.example:9092"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
+
+
+def test_without_a_container_engine_the_container_path_steps_aside(monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+    import sys
+
+    from passpost_dev.pytest_plugin import container_kafka
+
+    monkeypatch.setitem(sys.modules, "docker", None)  # not installed (or, alike, no engine): no container
+    with contextlib.ExitStack() as stack:
+        assert container_kafka(stack) is None
