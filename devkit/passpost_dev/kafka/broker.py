@@ -36,7 +36,6 @@ import time
 import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from types import TracebackType
 
 from passpost_dev.kafka import storage
 from passpost_dev.kafka.certificates import Certificates, make_certificates
@@ -44,6 +43,7 @@ from passpost_dev.kafka.config import NODE_ID, SASL_MECHANISMS, SECURE_LISTENERS
 from passpost_dev.kafka.errors import LocalKafkaError, java_executable
 from passpost_dev.kafka.jars import ensure_kafka_jars
 from passpost_dev.kafka.jvm import BrokerProcess, class_archive, java_command, tail
+from passpost_dev.kafka.lifecycle import Started
 from passpost_dev.kafka.metadata import PROBE_ERRORS, request_metadata
 from passpost_dev.ports import free_port
 
@@ -54,7 +54,7 @@ def _cleanup(process: BrokerProcess, owned_dir: Path | None) -> None:
         shutil.rmtree(owned_dir, ignore_errors=True)
 
 
-class LocalKafka:
+class LocalKafka(Started):
     """One Kafka broker+controller on 127.0.0.1, with its data in ``workdir``.
 
     Ports and data survive ``stop()``/``kill()``: calling ``start()`` again brings the same
@@ -270,21 +270,6 @@ class LocalKafka:
         if self._owns_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         self._finalizer.detach()
-
-    def __enter__(self) -> LocalKafka:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

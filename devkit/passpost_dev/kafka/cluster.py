@@ -25,12 +25,12 @@ import time
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
 from passpost_dev.kafka import storage
 from passpost_dev.kafka.broker import LocalKafka
 from passpost_dev.kafka.config import Quorum
 from passpost_dev.kafka.errors import LocalKafkaError
+from passpost_dev.kafka.lifecycle import Started
 from passpost_dev.kafka.metadata import PROBE_ERRORS, PartitionState, request_metadata, request_quorum_leader
 from passpost_dev.ports import free_port
 
@@ -44,7 +44,7 @@ def _cleanup(nodes: list[LocalKafka], owned_dir: Path | None) -> None:
         shutil.rmtree(owned_dir, ignore_errors=True)
 
 
-class LocalKafkaCluster:
+class LocalKafkaCluster(Started):
     """Three Kafka nodes (broker+controller each) on 127.0.0.1: RF 3, min ISR 2, data in ``workdir``.
 
     Node ids are 1, 2 and 3; a node's ports and data survive ``kill``/``stop``, so
@@ -193,21 +193,6 @@ class LocalKafkaCluster:
         if self._owns_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         self._finalizer.detach()
-
-    def __enter__(self) -> LocalKafkaCluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<LocalKafkaCluster nodes {sorted(self.nodes)} running {self.running_nodes()} in {self.workdir}>"
