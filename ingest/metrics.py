@@ -80,9 +80,6 @@ class IngestMetrics:
             "node id.", ["node"], registry=r, multiprocess_mode="livemin",
         )
         REACHABILITY.subscribe(self._broker_reachability)
-        unreachable = REACHABILITY.unreachable_brokers()
-        for node in REACHABILITY.known_brokers():
-            self._broker_reachability(node, "", node not in unreachable)
         self.recoveries = Counter(
             "passpost_xml_recoveries", "Bodies accepted only after dropping a malformed root start tag.",
             registry=r,

@@ -131,10 +131,6 @@ class KafkaReachability(logging.Filter):
         with self._lock:
             return {node: away.address for node, away in self._brokers.items()}
 
-    def known_brokers(self) -> dict[int, str]:
-        with self._lock:
-            return dict(self._known)
-
     # --- coordinators --------------------------------------------------------------------
 
     def coordinator_lost(self, group: str, node_id: int) -> None:
@@ -212,6 +208,8 @@ class KafkaReachability(logging.Filter):
 
         async def report(node_id: Any, *args: Any, **kwargs: Any) -> Any:
             connection = await get_conn(node_id, *args, **kwargs)
+            if connection is not None and node_id in self._known and node_id not in self._brokers:
+                return connection  # the hot path (every produce asks for its leader): nothing changed
             if isinstance(node_id, int) and node_id >= 0:
                 broker = inner.cluster.broker_metadata(node_id)
                 address = f"{broker.host}:{broker.port}" if broker is not None else self._known.get(node_id, "?")
@@ -244,8 +242,12 @@ class KafkaReachability(logging.Filter):
                 task.add_done_callback(self._probes.discard)
 
     def subscribe(self, listener: Callable[[int, str, bool], None]) -> None:
-        """Call the bound method ``listener(node, address, reachable)`` when a broker is first
-        reached, lost or back (a metrics gauge); held weakly."""
+        """Call the bound method ``listener(node, address, reachable)`` for every broker known now,
+        then when one is first reached, lost or back (a metrics gauge); held weakly."""
+        with self._lock:
+            known = [(node, address, node not in self._brokers) for node, address in self._known.items()]
+        for node, address, reachable in known:
+            listener(node, address, reachable)
         self._listeners.append(weakref.WeakMethod(listener))
 
     def _notify(self, node_id: int, address: str, reachable: bool) -> None:

@@ -49,9 +49,6 @@ class ConsumerMetrics:
             "passpost_kafka_broker_reachable", "Whether this process reaches the Kafka broker (1) or not (0), by "
             "node id.", ["consumer", "node"], registry=self.registry)
         REACHABILITY.subscribe(self._broker_reachability)
-        unreachable = REACHABILITY.unreachable_brokers()
-        for node in REACHABILITY.known_brokers():
-            self._broker_reachability(node, "", node not in unreachable)
 
     def _broker_reachability(self, node_id: int, address: str, reachable: bool) -> None:
         self._broker_reachable.labels(self.consumer, str(node_id)).set(1 if reachable else 0)
