@@ -242,9 +242,10 @@ class Runner:
         """Decode this batch while the previous one is written, then hand it on once that one is committed."""
         started = time.perf_counter()
         try:
-            batch = await steps.decode(fetched)
+            batch, records = await steps.decode(fetched)
         except BatchAbandoned:
-            batch = None
+            await steps.write.join()  # the previous batch still commits
+            return
         # An abandoned batch is read again: the ones fetched after it must not be written before it.
-        if await steps.write.join() and batch is not None:
-            steps.write.submit(*batch, started)
+        if await steps.write.join():
+            steps.write.submit(batch, records, started)
