@@ -12,21 +12,29 @@ whether a spool is configured:
 
 The forwarder sends spooled records through the same idempotent producer (acks=all), in
 order, with their keys, headers and values as spooled, and moves the spool's cursor only
-past records Kafka confirmed. Records whose first send Kafka confirms after the deadline
-reach the topic twice, with the same event id: ``passpost_spool_duplicate_events`` counts
-those the producer learns about.
+past records Kafka confirmed.
+
+A record spooled because Kafka had not confirmed it by the deadline may still be written
+by that first send: the producer keeps retrying it under its sequence number, which the
+broker de-duplicates (``Publisher.delivery_seconds``). So the forwarder sends no copy of
+such a record while its first send is undecided: it waits for the outcome (``FirstSends``)
+and moves past the record if Kafka confirmed it. Only a first send that stays undecided
+past that window, or records spooled before a crash, can reach the topic twice (same
+event id); ``passpost_spool_duplicate_events`` counts those the producer learns about.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from passpost.backoff import Backoff
-from passpost.ingest.publisher import EventTooLarge, Publisher
+from passpost.ingest.publisher import EventTooLarge, NotConfirmed, Publisher
 from passpost.ingest.records import Record
 from passpost.ingest.spool import Segment, Spool, SpoolMetrics, SpoolRefused
 from passpost.ingest.spool_format import Corrupt, Entry, Torn
@@ -39,6 +47,37 @@ log = logging.getLogger("passpost.ingest.spool")
 # outages are a broker restart, then no more than a few seconds.
 _BACKOFF = Backoff(initial=0.2, cap=5.0)
 _BATCH_BYTES = 1024 * 1024
+# Beyond the producer's delivery window, a margin for the last attempt's answer.
+_FIRST_SEND_MARGIN_SECONDS = 5.0
+
+
+class FirstSends:
+    """The producer's futures of spooled records whose first send was undecided when they
+    were spooled, found again by the record's content when the forwarder reads it back.
+
+    Content, because the spool hands back new objects; two records with the same topic, key
+    and value are interchangeable, so which future each one takes does not matter. Only
+    records handed to the producer before a deadline are here: a few per outage."""
+
+    def __init__(self) -> None:
+        self._by_record: dict[tuple[str, bytes | None, bytes], collections.deque[asyncio.Future[Any]]] = {}
+
+    def keep(self, topic: str, records: Sequence[Record], sends: Sequence[asyncio.Future[Any]]) -> None:
+        for (key, value, _), future in zip(records, sends, strict=False):
+            self._by_record.setdefault((topic, key, value), collections.deque()).append(future)
+
+    def take(self, entry: Entry) -> asyncio.Future[Any] | None:
+        record = (entry.topic, entry.key, entry.value)
+        futures = self._by_record.get(record)
+        if not futures:
+            return None
+        future = futures.popleft()
+        if not futures:
+            del self._by_record[record]
+        return future
+
+    def __len__(self) -> int:
+        return sum(map(len, self._by_record.values()))
 
 
 class SpoolingPublisher:
@@ -53,6 +92,7 @@ class SpoolingPublisher:
         self._failed_attempts = 0
         self._kafka_down_logged = False
         self._suspect = False  # True while Kafka seems away: the forwarder then probes with one record
+        self.first_sends = FirstSends()
 
     @property
     def schema_id(self) -> int | None:
@@ -107,19 +147,23 @@ class SpoolingPublisher:
     async def publish(self, topic: str, records: Sequence[Record]) -> None:
         """Records to Kafka, else to the spool; ``SpoolRefused`` when the spool cannot keep them."""
         why = "records wait behind the spooled ones, Kafka not tried"
+        sends: list[asyncio.Future[Any]] = []
         if not self.spool.holding:
             try:
-                await self.publisher.publish(topic, records, late=self.metrics.duplicates.inc)
+                await self.publisher.publish(topic, records, keep_sends=True)
                 return
             except KafkaUnavailable as unavailable:
                 self._suspect = True  # kept below instead of answered 503
                 why = str(unavailable)
+                if isinstance(unavailable, NotConfirmed):
+                    sends = unavailable.sends
         now = time.time()
         entries = [Entry(topic, key, value, list(headers or ()), now) for key, value, headers in records]
         try:
             await self.spool.append(entries)
         except SpoolRefused as error:
             raise type(error)(f"{error} ({why})") from None
+        self.first_sends.keep(topic, records, sends)
 
     # ------------------------------------------------------------------ the forwarder
 
@@ -165,21 +209,62 @@ class SpoolingPublisher:
                 runs.append([(start, end, item)])
         self.spool.note_oldest(runs[0][0][2].spooled_at)
         for run in runs:
-            records: list[Record] = [(entry.key, entry.value, entry.headers) for _, _, entry in run]
-            try:
-                await self.publisher.publish(run[0][2].topic, records, late=self.metrics.duplicates.inc)
-            except KafkaUnavailable as error:
-                self._note_down(str(error))
+            if not await self._send_run(segment, run):
                 return False
-            except EventTooLarge:
-                await self._send_one_by_one(segment, run)
-                continue
-            self.spool.confirmed(segment, run[-1][1], len(run))
         self._suspect = False
         if self._kafka_down_logged:
             log.warning("Kafka is back; forwarding the spool (%d records left)", self.spool.held)
             self._kafka_down_logged = False
         self._failed_attempts = 0
+        return True
+
+    async def _send_run(self, segment: Segment, run: list[tuple[int, int, Entry]]) -> bool:
+        """Send records of one topic in order; a record whose first send is undecided is
+        waited for first and sent again only if Kafka did not take it. False when Kafka
+        did not take the rest."""
+        pending: list[tuple[int, int, Entry]] = []
+        for item in run:
+            first_send = self.first_sends.take(item[2])
+            if first_send is None:
+                pending.append(item)
+                continue
+            if not await self._send_pending(segment, pending):
+                self.first_sends.keep(item[2].topic, [(item[2].key, item[2].value, item[2].headers)], [first_send])
+                return False
+            pending = [] if await self._first_send_confirmed(first_send) else [item]
+            if not pending:
+                self.spool.confirmed(segment, item[1], 1)
+        return await self._send_pending(segment, pending)
+
+    async def _first_send_confirmed(self, first_send: asyncio.Future[Any]) -> bool:
+        window = self.publisher.delivery_seconds + _FIRST_SEND_MARGIN_SECONDS
+        await asyncio.wait({first_send}, timeout=window)
+        if not first_send.done():
+            # Sent again below: if this send is confirmed after all, the record is twice on the topic.
+            first_send.add_done_callback(self._count_duplicate)
+            return False
+        return not first_send.cancelled() and first_send.exception() is None
+
+    def _count_duplicate(self, first_send: asyncio.Future[Any]) -> None:
+        if not first_send.cancelled() and first_send.exception() is None:
+            self.metrics.duplicates.inc()
+
+    async def _send_pending(self, segment: Segment, run: list[tuple[int, int, Entry]]) -> bool:
+        if not run:
+            return True
+        topic = run[0][2].topic
+        records: list[Record] = [(entry.key, entry.value, entry.headers) for _, _, entry in run]
+        try:
+            await self.publisher.publish(topic, records, keep_sends=True)
+        except KafkaUnavailable as error:
+            if isinstance(error, NotConfirmed):  # waited for, not sent again, at the next attempt
+                self.first_sends.keep(topic, records, error.sends)
+            self._note_down(str(error))
+            return False
+        except EventTooLarge:
+            await self._send_one_by_one(segment, run)
+            return True
+        self.spool.confirmed(segment, run[-1][1], len(run))
         return True
 
     async def _send_one_by_one(self, segment: Segment, run: list[tuple[int, int, Entry]]) -> None:
@@ -188,8 +273,7 @@ class SpoolingPublisher:
         for start, end, entry in run:
             while True:
                 try:
-                    await self.publisher.publish(entry.topic, [(entry.key, entry.value, entry.headers)],
-                                                 late=self.metrics.duplicates.inc)
+                    await self.publisher.publish(entry.topic, [(entry.key, entry.value, entry.headers)])
                 except EventTooLarge:
                     self.spool.quarantine(segment, Corrupt(start, end), "refused", records=1)
                 except KafkaUnavailable as error:

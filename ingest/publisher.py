@@ -13,10 +13,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -49,17 +48,28 @@ class EventTooLarge(Exception):
     """Kafka refused a record as too large: retrying cannot help."""
 
 
+class NotConfirmed(KafkaUnavailable):
+    """``publish(..., keep_sends=True)`` failed: ``sends`` holds the producer's futures of the
+    records it was handed, in order (fewer than the records if it failed while handing them).
+    Some may still be confirmed: the spool waits for them before sending its copy."""
+
+    def __init__(self, message: str, sends: list[asyncio.Future[Any]]) -> None:
+        super().__init__(message)
+        self.sends = sends
+
+
 def _retrieve(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
 
 
-def _count_late(late: Callable[[int], None] | None, future: asyncio.Future[Any]) -> None:
-    if future.cancelled() or future.exception() is not None:  # retrieved: a late failure is no news
-        return
-    if late is not None:
-        late(1)
-
+# With a spool, a record past its produce deadline is kept on disk and its first send is
+# left to finish: the producer retries it under its sequence number, which the broker
+# de-duplicates, until this long after it was handed over. The forwarder waits for that
+# outcome before sending the spooled copy, so a broker's death (fenced after about 10 s)
+# doubles nothing. Java's producer calls this delivery.timeout.ms; aiokafka uses its
+# request timeout for it.
+SPOOLED_DELIVERY_SECONDS = 30.0
 
 # Errors after which an idempotent producer's state (producer id, sequence numbers) no
 # longer matches the broker's: typically batches expired while the broker was away, so the
@@ -144,6 +154,13 @@ class Publisher:
         self._registry = RegistryConfig.from_settings(settings)
         self._watch: RegistryWatch | None = None
 
+    @property
+    def delivery_seconds(self) -> float:
+        """How long the producer keeps trying a record it was handed."""
+        if self._settings.spool_dir is None:
+            return self._settings.produce_timeout_seconds
+        return max(SPOOLED_DELIVERY_SECONDS, self._settings.produce_timeout_seconds)
+
     def _build(self) -> AIOKafkaProducer:
         settings = self._settings
         return AIOKafkaProducer(
@@ -155,8 +172,9 @@ class Publisher:
             partitioner=partition_for,
             max_batch_size=64 * 1024,
             max_request_size=max_record_bytes(settings),
-            # Below the sender's 10 s: a request the producer cannot confirm fails in time.
-            request_timeout_ms=int(settings.produce_timeout_seconds * 1000),
+            # Without a spool, below the sender's 10 s: a record the producer cannot confirm
+            # fails in time. (The request itself is answered at the deadline either way.)
+            request_timeout_ms=int(self.delivery_seconds * 1000),
         )
 
     @property
@@ -234,13 +252,12 @@ class Publisher:
         log.warning("replaced the Kafka producer after it lost its idempotence state")
         await self._close(broken)
 
-    async def publish(self, topic: str, records: Sequence[Record],
-                      late: Callable[[int], None] | None = None) -> None:
+    async def publish(self, topic: str, records: Sequence[Record], keep_sends: bool = False) -> None:
         """Send ``(key, value, headers)`` records and wait until Kafka confirmed all of them.
 
-        With ``late``, records still unconfirmed at the deadline are left to the producer
-        and ``late(n)`` is called for each that Kafka confirms after all: the spool, which
-        keeps and sends them again, counts those duplicates."""
+        With ``keep_sends``, records still unconfirmed at the deadline are left to the
+        producer and the failure is a ``NotConfirmed`` holding their futures: the spool,
+        which keeps the records, learns from them whether its copy must be sent at all."""
         producer = self._producer
         if producer is None:
             raise KafkaUnavailable("the producer is not running")
@@ -249,20 +266,16 @@ class Publisher:
         assert self._deadlines is not None  # made with the producer
         wait = self._deadlines.watch()
         try:
-            if late is None:
-                await self._send_all(producer, topic, records)
-            else:
+            if keep_sends:
                 await self._send_watched(producer, topic, records, futures)
+            else:
+                await self._send_all(producer, topic, records)
         except asyncio.CancelledError:
             if not wait.timed_out():
                 raise
-            for future in futures:
-                if not future.done():
-                    future.add_done_callback(functools.partial(_count_late, late))
             self._metrics.produce_errors.labels(topic, "timeout").inc()
-            raise KafkaUnavailable(
-                f"Kafka did not confirm within {self._settings.produce_timeout_seconds:g} s"
-            ) from None
+            message = f"Kafka did not confirm within {self._settings.produce_timeout_seconds:g} s"
+            raise (NotConfirmed(message, futures) if keep_sends else KafkaUnavailable(message)) from None
         except KafkaError as error:
             self._metrics.produce_errors.labels(topic, type(error).__name__).inc()
             if isinstance(error, (MessageSizeTooLargeError, RecordTooLargeError)):
@@ -270,7 +283,8 @@ class Publisher:
                 raise EventTooLarge(describe_error(error)) from None
             if isinstance(error, _BROKEN_PRODUCER_STATE):
                 self._replace_later(producer)
-            raise KafkaUnavailable(f"Kafka refused the records: {describe_error(error)}") from None
+            message = f"Kafka refused the records: {describe_error(error)}"
+            raise (NotConfirmed(message, futures) if keep_sends else KafkaUnavailable(message)) from None
         finally:
             wait.finish()
         latency = self._produce_latency.get(topic)
@@ -294,7 +308,7 @@ class Publisher:
     async def _send_watched(producer: AIOKafkaProducer, topic: str, records: Sequence[Record],
                             futures: list[asyncio.Future[Any]]) -> None:
         # As _send_all, but the deadline must not cancel the producer's futures: whether
-        # Kafka confirms them later is what tells a duplicate.
+        # Kafka confirms them later decides whether the spool sends its copy.
         for key, value, headers in records:
             future = await producer.send(topic, value, key=key, headers=headers)
             future.add_done_callback(_retrieve)  # none is left "never retrieved" after a failure

@@ -87,9 +87,10 @@ class _Away:
 class KafkaReachability(logging.Filter):
     """Which brokers and group coordinators this process cannot reach, and since when."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, probe_seconds: float = PROBE_SECONDS) -> None:
         super().__init__()
         self._clock = clock
+        self._probe_seconds = probe_seconds
         self._lock = threading.Lock()
         self._brokers: dict[int, _Away] = {}  # node id -> since when unreachable
         self._coordinators: dict[str, _Lost] = {}  # group -> since when without its coordinator
@@ -206,7 +207,10 @@ class KafkaReachability(logging.Filter):
         if get_conn is None or getattr(get_conn, "_passpost_watched", False):
             return
 
+        idle_prober: asyncio.Task[None] | None = None
+
         async def report(node_id: Any, *args: Any, **kwargs: Any) -> Any:
+            nonlocal idle_prober
             connection = await get_conn(node_id, *args, **kwargs)
             if connection is not None and node_id in self._known and node_id not in self._brokers:
                 return connection  # the hot path (every produce asks for its leader): nothing changed
@@ -215,9 +219,22 @@ class KafkaReachability(logging.Filter):
                 address = f"{broker.host}:{broker.port}" if broker is not None else self._known.get(node_id, "?")
                 if connection is None:
                     self.broker_failed(node_id, address)
+                    if idle_prober is None or idle_prober.done():
+                        idle_prober = asyncio.ensure_future(keep_probing())
+                        self._probes.add(idle_prober)
+                        idle_prober.add_done_callback(self._probes.discard)
                 else:
                     self.broker_reached(node_id, address)
             return connection
+
+        async def keep_probing() -> None:
+            # A client that asks for no connection (an idle ingress) would leave a broker that
+            # came back "unreachable", its gauge 0 and its alert firing, until its next metadata
+            # refresh minutes later. Stops once every broker is reached or the client is closed
+            # (aiokafka's metadata task is gone).
+            while self._brokers and getattr(inner, "_sync_task", None) is not None:
+                await asyncio.sleep(self._probe_seconds)
+                self._probe_unreachable(report, None)
 
         async def watched_get_conn(node_id: Any, *args: Any, **kwargs: Any) -> Any:
             if self._brokers:
@@ -232,7 +249,7 @@ class KafkaReachability(logging.Filter):
         while it needs it (a leader, a coordinator), so one restarted after its partitions moved
         away would otherwise stay "unreachable" (and its gauge 0) for good."""
         now = self._clock()
-        if now - self._last_probe < PROBE_SECONDS:
+        if now - self._last_probe < self._probe_seconds:
             return
         self._last_probe = now
         for node_id in list(self._brokers):

@@ -12,7 +12,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,12 +49,14 @@ class Answer:
     event_ids: list[str]
 
 
-def postback(serial: str) -> bytes:
-    return (f"<POSTBACK><ORIGIN>GENERATE_PASS</ORIGIN><STATUSCODE>N801</STATUSCODE>"
+def postback(serial: str, status_code: str = "N801") -> bytes:
+    return (f"<POSTBACK><ORIGIN>GENERATE_PASS</ORIGIN><STATUSCODE>{status_code}</STATUSCODE>"
             f"<SERIALNUMBER>{serial}</SERIALNUMBER><TIMESTAMP>2013-11-26T11:37:11-05:00</TIMESTAMP></POSTBACK>").encode()
 
 
-def keep_posting(url: str, worker: int, stop: threading.Event, answers: list[Answer]) -> None:
+def keep_posting(url: str, worker: int, stop: threading.Event, answers: list[Answer],
+                 status_codes: Sequence[str] = ("N801",)) -> None:
+    """Post one postback after another until ``stop``; the n-th has ``status_codes[n % len(status_codes)]``."""
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=15) as client:
         number = 0
         while not stop.is_set():
@@ -62,7 +64,8 @@ def keep_posting(url: str, worker: int, stop: threading.Event, answers: list[Ans
             serial = f"w{worker}-{number}"
             sent = time.monotonic()
             try:
-                response = client.post("/postbacks/passes", content=postback(serial))
+                response = client.post("/postbacks/passes",
+                                       content=postback(serial, status_codes[number % len(status_codes)]))
                 status = response.status_code
                 ids = response.json().get("event_ids", []) if status == 200 else []
             except httpx.HTTPError:

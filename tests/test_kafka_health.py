@@ -132,3 +132,27 @@ def test_lines_that_matter_stay_and_debug_shows_the_attempts(monkeypatch: pytest
         assert " DEBUG aiokafka Unable connect to node with id 2: refused" in line
     finally:
         logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
+def test_an_idle_client_tries_an_unreachable_broker_again_until_it_is_back() -> None:
+    """Gap: a process that asks for no connection (an idle ingress) kept a broker that came back
+    "unreachable" (its gauge 0, its alert firing) until aiokafka's next metadata refresh."""
+    reachability = KafkaReachability(probe_seconds=0.05)
+    client = FakeClient()
+    client._sync_task = object()  # type: ignore[attr-defined]  # aiokafka's metadata task: the client is open
+    reachability.watch(client)
+
+    async def scenario() -> None:
+        client.up = False
+        await client._get_conn(2)  # the last request the client makes for a while
+        assert reachability.unreachable_brokers() == {2: "127.0.0.1:9002"}
+        client.up = True
+        for _ in range(40):
+            if not reachability.unreachable_brokers():
+                break
+            await asyncio.sleep(0.05)
+        assert reachability.unreachable_brokers() == {}
+        await asyncio.sleep(0.2)
+        assert not reachability._probes, "the prober stops once every broker is reached"
+
+    asyncio.run(scenario())

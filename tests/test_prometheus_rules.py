@@ -98,6 +98,8 @@ UNIT_TESTS = [
 
 INGRESS = 'namespace="kafka",pod="passpost-ingress-0"'
 INGRESS_LABELS = {"namespace": "kafka", "pod": "passpost-ingress-0"}
+CONSUMER = 'namespace="kafka",pod="passpost-analytics-0"'
+CONSUMER_LABELS = {"namespace": "kafka", "pod": "passpost-analytics-0"}
 SPOOL_ALERTS = ("PasspostSpoolGrowing", "PasspostSpoolAging", "PasspostSpoolFilling", "PasspostSpoolCorruptRecords")
 
 SPOOL_TESTS = [
@@ -165,11 +167,18 @@ BROKER_TESTS = [
      "input_series": [
          {"series": f'passpost_kafka_broker_reachable{{{INGRESS},node="2"}}', "values": "1 1 0x12"},
          {"series": f'passpost_kafka_broker_reachable{{{INGRESS},node="1"}}', "values": "1 0 0 1x11"},
+         {"series": f'passpost_kafka_broker_reachable{{{CONSUMER},consumer="analytics",node="2"}}',
+          "values": "1 1 1 1 0x10"},
      ],
      "alert_rule_test": [
          {"eval_time": "2m", "alertname": "PasspostKafkaBrokerUnreachable", "exp_alerts": []},
          {"eval_time": "3m30s", "alertname": "PasspostKafkaBrokerUnreachable",
           "exp_alerts": [{"exp_labels": {**INGRESS_LABELS, "node": "2", "severity": "warning"}}]},
+         # The consumer lost it a minute later: its alert, naming the consumer, comes a minute later too.
+         {"eval_time": "4m30s", "alertname": "PasspostKafkaBrokerUnreachable",
+          "exp_alerts": [{"exp_labels": {**INGRESS_LABELS, "node": "2", "severity": "warning"}},
+                         {"exp_labels": {**CONSUMER_LABELS, "consumer": "analytics", "node": "2",
+                                         "severity": "warning"}}]},
      ]},
 ]
 
