@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -36,6 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from passpost import tracing
 from passpost.ingest.auth import TokenCheck
 from passpost.ingest.connection import TIMED_OUT
 from passpost.ingest.episodes import RefusalEpisodes
@@ -43,10 +43,11 @@ from passpost.ingest.forwarder import SpoolingPublisher, publisher_for
 from passpost.ingest.metrics import IngestMetrics, exposition
 from passpost.ingest.middleware import RequestContext, RequestLog, request_id_of
 from passpost.ingest.publisher import EventTooLarge, Publisher
-from passpost.ingest.records import records_of
+from passpost.ingest.records import Record, records_of
 from passpost.ingest.refusal import Refusal, Rejected
 from passpost.ingest.routes import ALL_PATHS, HEALTH_PATH, METRICS_PATH, POSTBACK_PATH, READY_PATH
 from passpost.ingest.spool import SpoolRefused
+from passpost.ingest.tracing import publish_traced, serve_traced
 from passpost.kafka import KafkaUnavailable, max_record_bytes
 from passpost.settings import Settings
 
@@ -110,6 +111,13 @@ class Ingress:
         self.draining = False
         self.episodes = RefusalEpisodes(metrics.refusal_episodes.inc)
 
+    async def _publish(self, topic: str, records: list[Record], event_ids: list[str] | None = None) -> None:
+        tracer = tracing.tracer
+        if tracer is None:
+            await self.publisher.publish(topic, records)
+        else:  # a PRODUCER span per record, its context in the record's headers
+            await publish_traced(tracer, self.publisher.publish, topic, records, event_ids)
+
     async def receive_postback(self, scope: Scope, receive: Receive, request_id: str) -> Answer:
         """``POST /postbacks/passes``, as a plain ASGI endpoint (see ``IngressApp``)."""
         if not self.tokens.allows(scope):
@@ -138,7 +146,8 @@ class Ingress:
         except Rejected as rejected:
             return await self._dead_letter(body, rejected, received_at, content_type, request_id)
         try:
-            await self.publisher.publish(self.settings.events_topic, made.records)
+            await self._publish(self.settings.events_topic, made.records,
+                                [event_id for event_id, _, _ in made.events])
         except (KafkaUnavailable, SpoolRefused) as unavailable:
             return self._unavailable(unavailable)
         except EventTooLarge as too_large:
@@ -182,7 +191,7 @@ class Ingress:
             ("request_id", request_id.encode()),
         ]
         try:
-            await self.publisher.publish(self.settings.dead_letter_topic, [(None, body, headers)])
+            await self._publish(self.settings.dead_letter_topic, [(None, body, headers)])
         except (KafkaUnavailable, SpoolRefused) as unavailable:
             # Not kept yet, so not refused yet either: the sender retries and nothing is lost.
             return self._unavailable(unavailable)
@@ -210,7 +219,8 @@ class Ingress:
         return JSONResponse({"status": "ready"})
 
     async def metrics_text(self, request: Request) -> Response:
-        return Response(exposition(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        body, content_type = exposition(self.metrics.registry, request.headers.get("accept", ""))
+        return Response(body, media_type=content_type)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -229,6 +239,14 @@ class PostbackEndpoint:
         self.requests = requests
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        tracer = tracing.tracer
+        if tracer is None:
+            await self._serve(scope, receive, send)
+        else:
+            await serve_traced(tracer, scope, lambda: self._serve(scope, receive, send))
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> tuple[int, str | None]:
+        """Answer; the status and refusal code, for the request's span."""
         started = time.perf_counter()
         request_id = request_id_of(scope)
         try:
@@ -242,6 +260,7 @@ class PostbackEndpoint:
             await send({"type": "http.response.body", "body": answer.body})
         finally:
             self.requests.done(scope, request_id, started, answer.status, answer.error_code, answer.log_fields)
+        return answer.status, answer.error_code
 
 
 class IngressApp(Starlette):
@@ -273,6 +292,8 @@ def create_app(
     metrics = metrics or IngestMetrics(known_origins=settings.known_origins)
     ingress = Ingress(settings, publisher or publisher_for(settings, Publisher(settings, metrics), metrics.registry),
                       metrics)
+    if tracing.tracer is None:  # each process once (`serve --workers N`: each worker), from OTEL_* only
+        tracing.configure("passpost-ingress")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

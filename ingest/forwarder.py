@@ -33,11 +33,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from passpost import tracing
 from passpost.backoff import Backoff
 from passpost.ingest.publisher import EventTooLarge, NotConfirmed, Publisher
 from passpost.ingest.records import Record
 from passpost.ingest.spool import Segment, Spool, SpoolMetrics, SpoolRefused
 from passpost.ingest.spool_format import Corrupt, Entry, Torn
+from passpost.ingest.tracing import forward_traced
 from passpost.kafka import KafkaUnavailable
 from passpost.settings import Settings
 
@@ -255,7 +257,12 @@ class SpoolingPublisher:
         topic = run[0][2].topic
         records: list[Record] = [(entry.key, entry.value, entry.headers) for _, _, entry in run]
         try:
-            await self.publisher.publish(topic, records, keep_sends=True)
+            tracer = tracing.tracer
+            if tracer is None:
+                await self.publisher.publish(topic, records, keep_sends=True)
+            else:  # a span per record, in the trace of the request that spooled it
+                await forward_traced(tracer, lambda: self.publisher.publish(topic, records, keep_sends=True),
+                                     topic, records)
         except KafkaUnavailable as error:
             if isinstance(error, NotConfirmed):  # waited for, not sent again, at the next attempt
                 self.first_sends.keep(topic, records, error.sends)

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import (
+    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -19,6 +20,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.openmetrics import exposition as openmetrics
 
 from passpost.kafka_health import REACHABILITY
 
@@ -96,11 +98,17 @@ class IngestMetrics:
         counter.inc()
 
 
-def exposition(registry: CollectorRegistry) -> bytes:
+def exposition(registry: CollectorRegistry, accept: str = "") -> tuple[bytes, str]:
     """The Prometheus text of ``registry``, or, under ``passpost serve --workers N``, of every
-    worker's metrics added up (prometheus_client's multiprocess mode, see ingest/workers.py)."""
+    worker's metrics added up (prometheus_client's multiprocess mode, see ingest/workers.py);
+    and its content type.
+
+    A scraper that accepts OpenMetrics (Prometheus does, and needs it for exemplars) gets it: the
+    request latency's exemplars name a trace when tracing is on. Multiprocess mode keeps no exemplars."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged)
-        return generate_latest(merged)
-    return generate_latest(registry)
+        registry = merged
+    if "application/openmetrics-text" in accept:
+        return openmetrics.generate_latest(registry), openmetrics.CONTENT_TYPE_LATEST
+    return generate_latest(registry), CONTENT_TYPE_LATEST

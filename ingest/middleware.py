@@ -19,6 +19,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from passpost import tracing
 from passpost.ingest.metrics import IngestMetrics
 from passpost.ingest.routes import QUIET_PATHS
 
@@ -67,7 +68,11 @@ class RequestLog:
         latency = self._latencies.get(route)
         if latency is None:
             latency = self._latencies[route] = self.metrics.request_latency.labels(route)
-        latency.observe(elapsed)
+        exemplar = tracing.exemplar()  # None when tracing is off
+        if exemplar is None:
+            latency.observe(elapsed)
+        else:  # shown on /metrics in the OpenMetrics format only (ingest/metrics.py, exposition)
+            latency.observe(elapsed, exemplar)
 
 
 class RequestContext:

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any, TextIO
 
-from passpost import kafka_health
+from passpost import kafka_health, tracing
 
 
 class TextFormatter(logging.Formatter):
@@ -27,6 +27,9 @@ class TextFormatter(logging.Formatter):
         fields: dict[str, Any] | None = getattr(record, "fields", None)
         if fields:
             line += " " + " ".join(f"{key}={value}" for key, value in fields.items())
+        ids = tracing.current_ids()  # None when tracing is off: one test
+        if ids is not None:
+            line += f" trace={ids[0]} span={ids[1]}"
         return line
 
 
@@ -57,6 +60,9 @@ class JsonFormatter(logging.Formatter):
         fields: dict[str, Any] | None = getattr(record, "fields", None)
         if fields:
             entry.update(fields)
+        ids = tracing.current_ids()  # the span the line was written in; None when tracing is off
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return "".join(self._encode(entry, 0))

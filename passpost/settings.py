@@ -37,6 +37,13 @@ def _string(raw: str) -> str:
     return value
 
 
+def _trace_url_template(raw: str) -> str:
+    value = _string(raw)
+    if "{trace_id}" not in value:
+        raise ValueError("must contain {trace_id}, where the trace id goes")
+    return value
+
+
 def _int_at_least(minimum: int) -> Callable[[str], int]:
     def parse(raw: str) -> int:
         try:
@@ -429,6 +436,17 @@ class AlertSettings(_Component):
 
 
 @dataclass(frozen=True, repr=False)
+class TracingSettings(_Component):
+    """Tracing itself is configured by OpenTelemetry's own `OTEL_*` variables (README, Tracing); this is
+    what passpost adds to it."""
+
+    trace_url_template: str | None = _declare(
+        _trace_url_template, None,
+        "Link an alert's annotations give to the trace of its first event, `{trace_id}` replaced (e.g. "
+        "`https://jaeger.example/trace/{trace_id}`); without it they name the trace id alone.")
+
+
+@dataclass(frozen=True, repr=False)
 class LogSettings(_Component):
     """How every command logs."""
 
@@ -439,7 +457,7 @@ class LogSettings(_Component):
 
 @dataclass(frozen=True, repr=False)
 class Settings(KafkaSettings, TopicSettings, SchemaRegistrySettings, IngressSettings, SpoolSettings,
-               ConsumerSettings, AnalyticsSettings, AlertSettings, LogSettings):
+               ConsumerSettings, AnalyticsSettings, AlertSettings, TracingSettings, LogSettings):
     """Every setting, one attribute each; an instance of each component's class as well."""
 
     def replace(self, **changes: Any) -> Settings:

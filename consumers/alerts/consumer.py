@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from passpost.consumers.runtime import Batch, CannotRun, ExactlyOnceConsumer, RetryLater, group_id, identity
+from passpost.consumers.runtime.tracing import trace_id_of
 from passpost.kafka import client_options, start_client
 from passpost.settings import Settings
 from passpost.topic_metadata import TopicIdentity
@@ -69,7 +70,8 @@ class AlertsConsumer(ExactlyOnceConsumer):
         super().__init__(settings)
         # A bad rules file fails here, before any connection, as one line naming it.
         rules = rules_setting(settings.alert_rules_file)
-        grouper = Grouper(rules, repeat_seconds=settings.alert_repeat_seconds,
+        grouper = Grouper(rules, trace_url_template=settings.trace_url_template,
+                          repeat_seconds=settings.alert_repeat_seconds,
                           resolve_after_seconds=settings.alert_resolve_after_seconds)
         self.state = StateStore(settings.alert_state_file)
         self.alerter = Alerter(grouper, build_sinks(settings, self.stopping), store=self.state)
@@ -104,7 +106,9 @@ class AlertsConsumer(ExactlyOnceConsumer):
 
     async def write(self, batch: Batch) -> None:
         try:
-            await self.alerter.handle(batch.events, {_key(tp): offset for tp, offset in batch.next_offsets.items()})
+            items = batch.items
+            await self.alerter.handle(batch.events, {_key(tp): offset for tp, offset in batch.next_offsets.items()},
+                                      lambda index: trace_id_of(items[index]))
         except DeliveryError as error:  # a sink down or refusing: nothing was saved, the batch comes again
             raise RetryLater(str(error)) from error
 

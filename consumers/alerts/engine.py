@@ -13,6 +13,7 @@ fingerprint.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -76,20 +77,23 @@ class Alerter:
             self.offsets = dict(saved["offsets"])
             self.topics = dict(saved.get("topics", {}))
 
-    async def handle(self, events: Sequence[PassPostback], offsets: Mapping[str, int] | None = None) -> int:
-        """Apply a batch of events; returns how many notifications went out."""
-        return await self._step(events, offsets or {})
+    async def handle(self, events: Sequence[PassPostback], offsets: Mapping[str, int] | None = None,
+                     trace_ids: Callable[[int], str | None] | None = None) -> int:
+        """Apply a batch of events; returns how many notifications went out. ``trace_ids(i)``: the trace the
+        i-th event was made in, asked only for an alert's first event."""
+        return await self._step(events, offsets or {}, trace_ids)
 
     async def tick(self) -> int:
         """Repeats and resolutions that fall due with time alone."""
         return await self._step((), {})
 
-    async def _step(self, events: Sequence[PassPostback], offsets: Mapping[str, int]) -> int:
+    async def _step(self, events: Sequence[PassPostback], offsets: Mapping[str, int],
+                    trace_ids: Callable[[int], str | None] | None = None) -> int:
         async with self._lock:
             trial = self.grouper.copy()
             now = self.clock()
-            for event in events:
-                trial.observe(event, now)
+            for index, event in enumerate(events):
+                trial.observe(event, now, None if trace_ids is None else functools.partial(trace_ids, index))
             notifications = trial.due(now)
             if not notifications and not offsets:
                 # Nothing to send and no position to record: the trial differs only by

@@ -26,7 +26,7 @@ import copy
 import hashlib
 import json
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -62,6 +62,8 @@ class Group:
     # received_at of the oldest event no notification has reported yet: the delivery
     # latency of a notification is measured from it.
     pending_since: datetime | None = None
+    # The trace of the request that made its first event (its record's traceparent), if it had one.
+    trace_id: str | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -84,6 +86,8 @@ class Notification:
     last_seen: datetime
     samples: tuple[str, ...]
     pending_since: datetime | None
+    trace_id: str | None = None
+    trace_url: str | None = None  # PASSPOST_TRACE_URL_TEMPLATE with the trace id
 
     @property
     def description(self) -> str:
@@ -94,9 +98,14 @@ class Notification:
 
     @property
     def annotations(self) -> dict[str, str]:
-        return {"summary": self.summary, "description": self.description, "count": str(self.count),
-                "first_seen": _iso(self.first_seen), "last_seen": _iso(self.last_seen),
-                "samples": ",".join(self.samples)}
+        annotations = {"summary": self.summary, "description": self.description, "count": str(self.count),
+                       "first_seen": _iso(self.first_seen), "last_seen": _iso(self.last_seen),
+                       "samples": ",".join(self.samples)}
+        if self.trace_id is not None:  # where an operator finds the first event's way through the pipeline
+            annotations["trace_id"] = self.trace_id
+            if self.trace_url is not None:
+                annotations["trace_url"] = self.trace_url
+        return annotations
 
 
 def _iso(moment: datetime) -> str:
@@ -109,7 +118,8 @@ def _pass_id(event: PassPostback) -> str | None:
 
 class Grouper:
     def __init__(self, rules: RuleSet | None = None, *, repeat_seconds: float = 60.0,
-                 resolve_after_seconds: float = 300.0) -> None:
+                 resolve_after_seconds: float = 300.0, trace_url_template: str | None = None) -> None:
+        self.trace_url_template = trace_url_template
         self.rules = rules if rules is not None else RuleSet()
         self.repeat = timedelta(seconds=repeat_seconds)
         self.resolve_after = timedelta(seconds=resolve_after_seconds)
@@ -120,8 +130,9 @@ class Grouper:
         """An independent copy: the consumer works on one and keeps it only once delivered."""
         return copy.deepcopy(self)
 
-    def observe(self, event: PassPostback, now: datetime) -> bool:
-        """Count ``event`` if it alerts; False for non-alerting events and re-deliveries."""
+    def observe(self, event: PassPostback, now: datetime, trace_id: Callable[[], str | None] | None = None) -> bool:
+        """Count ``event`` if it alerts; False for non-alerting events and re-deliveries. ``trace_id`` names
+        the trace the event was made in: asked only of the first event of a group."""
         # Only alerting events are remembered: successes need no de-duplication, and the
         # ids are saved with the state after every batch.
         if event.event_id in self._seen or not self.rules.alerts(event):
@@ -137,7 +148,8 @@ class Grouper:
         at = event.received_at
         group = self.groups.get(key)
         if group is None:
-            group = self.groups[key] = Group(labels, match.summary, first_seen=at, last_seen=at, active_at=now)
+            group = self.groups[key] = Group(labels, match.summary, first_seen=at, last_seen=at, active_at=now,
+                                             trace_id=None if trace_id is None else trace_id())
         group.count += 1
         group.first_seen = min(group.first_seen, at)
         group.last_seen = max(group.last_seen, at)
@@ -168,7 +180,10 @@ class Grouper:
             fingerprint=group.fingerprint, status=status, labels=dict(group.labels), summary=group.summary,
             starts_at=group.first_seen, ends_at=ends_at, count=group.count,
             new_events=group.count - group.notified_count, first_seen=group.first_seen,
-            last_seen=group.last_seen, samples=tuple(group.samples), pending_since=group.pending_since)
+            last_seen=group.last_seen, samples=tuple(group.samples), pending_since=group.pending_since,
+            trace_id=group.trace_id,
+            trace_url=None if group.trace_id is None or self.trace_url_template is None
+            else self.trace_url_template.replace("{trace_id}", group.trace_id))
         group.notified_count, group.notified_at, group.pending_since = group.count, now, None
         return notification
 
@@ -190,7 +205,8 @@ class Grouper:
                 last_seen=datetime.fromisoformat(raw["last_seen"]),
                 active_at=datetime.fromisoformat(raw["active_at"]), count=raw["count"],
                 samples=list(raw["samples"]), notified_count=raw["notified_count"],
-                notified_at=_maybe_time(raw["notified_at"]), pending_since=_maybe_time(raw["pending_since"]))
+                notified_at=_maybe_time(raw["notified_at"]), pending_since=_maybe_time(raw["pending_since"]),
+                trace_id=raw.get("trace_id"))  # absent from state files written before issue 19
             self.groups[group.fingerprint] = group
         self._seen = OrderedDict.fromkeys(state.get("seen", []))
         self.rules.load_windows_state(state.get("windows", []))
@@ -207,4 +223,5 @@ def _group_state(group: Group) -> dict[str, Any]:
         "samples": group.samples, "notified_count": group.notified_count,
         "notified_at": None if group.notified_at is None else group.notified_at.isoformat(),
         "pending_since": None if group.pending_since is None else group.pending_since.isoformat(),
+        "trace_id": group.trace_id,
     }

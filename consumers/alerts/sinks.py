@@ -13,15 +13,19 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import httpx
 
 from passpost.backoff import Backoff, Retry
+from passpost.consumers.runtime.tracing import sink_span
 
 from .grouping import Notification
 
 __all__ = ["AlertmanagerSink", "Backoff", "DeliveryError", "LogSink", "Sink", "WebhookSink"]
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger("passpost.alerts")
 
@@ -58,10 +62,23 @@ class _HttpSink:
         self._owns_client = client is None
 
     async def _post(self, body: Any) -> None:
+        # One HTTP CLIENT span per delivery, retries included: the host and port only, never the URL, whose
+        # path may be a secret (a Slack webhook's is).
+        url = httpx.URL(self.url)
+        with sink_span("POST", "client", {"http.request.method": "POST", "server.address": url.host,
+                                          "server.port": url.port or (443 if url.scheme == "https" else 80),
+                                          "passpost.alert.sink": self.name}) as span:
+            await self._post_retrying(body, span)
+
+    async def _post_retrying(self, body: Any, span: Span | None) -> None:
         retry = Retry(self.backoff, self.stopping)
         while True:
             try:
                 response = await self._client.post(self.url, json=body)
+                if span is not None:
+                    span.set_attribute("http.response.status_code", response.status_code)
+                    if retry.attempts:
+                        span.set_attribute("http.request.resend_count", retry.attempts)
                 if response.status_code < 300:
                     return
                 problem = f"HTTP {response.status_code} from {self.url}: {response.text[:200]!r}"

@@ -27,6 +27,7 @@ from passpost.consumers.analytics.columns import COLUMNS, KEY, TIMESTAMP_COLUMNS
 from passpost.consumers.analytics.store import Store, StoreUnavailable, extra_json, open_store
 from passpost.consumers.runtime import Batch, Columns, ExactlyOnceConsumer, Item, PoisonBatch, RetryLater, identity
 from passpost.consumers.runtime.health import Route
+from passpost.consumers.runtime.tracing import sink_span
 from passpost.errors import one_line
 from passpost.schemas.event import EPOCH, PassPostback
 from passpost.settings import Settings
@@ -132,7 +133,12 @@ class AnalyticsConsumer(ExactlyOnceConsumer):
         retried: tuple[type[BaseException], ...] = (StoreUnavailable, *store.driver_errors)
         try:
             async with self._store_lock:
-                await asyncio.to_thread(store.write, columns, offsets)
+                # The transaction (rows and offsets together) as the sink's span of the batch.
+                rows = len(next(iter(columns.values()), ()))
+                with sink_span(f"INSERT {store.system}", "client", {
+                        "db.system.name": store.system, "db.operation.name": "INSERT",
+                        "db.operation.batch.size": rows, "passpost.rows": rows}):
+                    await asyncio.to_thread(store.write, columns, offsets)
         except store.poison_errors as error:  # these rows will never go in: the runtime isolates them
             raise PoisonBatch(one_line(error)) from error
         except retried as error:  # the server, the connection, a lock

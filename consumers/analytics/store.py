@@ -112,6 +112,7 @@ class Store(abc.ABC):
     (a server gone, a lock: the consumer retries)."""
 
     param = "?"
+    system = "sql"  # the database's name in the OpenTelemetry conventions (db.system.name), for the write's span
     poison_errors: tuple[type[BaseException], ...] = ()
     driver_errors: tuple[type[BaseException], ...] = ()
 
@@ -202,6 +203,8 @@ DUCKDB_DEFAULTS: dict[str, str] = {"memory_limit": "64MB"}
 
 class DuckDBStore(Store):
     """One writer process per file (DuckDB's own lock); timestamps are naive UTC ``TIMESTAMP``."""
+
+    system = "duckdb"
 
     def __init__(self, path: str, *, read_only: bool = False, config: Mapping[str, str] | None = None) -> None:
         """Batches go in as tab-separated text DuckDB's CSV reader parses (see ``write``). ``config``: DuckDB
@@ -336,6 +339,8 @@ _DUCKDB_LINE = 2 * 1024 * 1024  # read_csv's default max_line_size
 class PostgresStore(Store):
     """psycopg 3: COPY into the table; when an event_id is already there, COPY into a temporary table, then
     INSERT ... ON CONFLICT."""
+
+    system = "postgresql"
 
     param = "%s"
 

@@ -16,10 +16,12 @@ from aiokafka.errors import KafkaError
 
 from passpost.consumers.runtime.health import ConsumerMetrics
 from passpost.consumers.runtime.refusals import Refusals
+from passpost.consumers.runtime.tracing import sink_span
 from passpost.errors import describe_error
 from passpost.kafka import KafkaUnavailable, client_options, create_topics, start_client
 from passpost.settings import Settings
 from passpost.topic_metadata import describe_topics
+from passpost.tracing import TRACEPARENT, TRACESTATE
 
 log = logging.getLogger("passpost.consumer")
 
@@ -56,7 +58,11 @@ class DeadLetters:
     async def keep(self, record: ConsumerRecord, error: str, detail: str) -> None:
         """Send until the broker acknowledges (the record's offset may move only after);
         ``BatchAbandoned`` when stopped or revoked first."""
-        await self.refusals.persist(lambda: self.send(record, error, detail), (KafkaError,), "dead letter not kept")
+        with sink_span(f"send {self.topic}", "producer", {
+                "messaging.system": "kafka", "messaging.operation.type": "send", "messaging.operation.name": "send",
+                "messaging.destination.name": self.topic, "error.type": error}):
+            await self.refusals.persist(lambda: self.send(record, error, detail), (KafkaError,),
+                                        "dead letter not kept")
         self.metrics.dead_letter(error)
         log.warning("consumer %s: %s/%d@%d to %s: %s", self.name, record.topic, record.partition, record.offset,
                     self.topic, error)
@@ -67,6 +73,8 @@ class DeadLetters:
         headers = [("error", error.encode()), ("detail", detail.encode()[:1000]),
                    ("topic", record.topic.encode()), ("partition", str(record.partition).encode()),
                    ("offset", str(record.offset).encode())]
+        # The record's own trace context stays with it (the ingress's request that made it).
+        headers += [(name, value) for name, value in record.headers or () if name in (TRACEPARENT, TRACESTATE)]
         await self._producer.send_and_wait(self.topic, record.value, key=record.key, headers=headers)
 
     async def stop(self) -> None:

@@ -8,7 +8,7 @@ no event object per record). A record that does not decode, or that the consumer
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from aiokafka import ConsumerRecord
 
@@ -31,6 +31,11 @@ class FetchedRecords:
     def __init__(self, fetched: Fetched) -> None:
         self._fetched = fetched
         self._by_position: dict[tuple[int, int], ConsumerRecord] | None = None
+
+    def all(self) -> Iterator[ConsumerRecord]:
+        """Every record of the batch, in partition order (the batch's span links their contexts)."""
+        for records in self._fetched.values():
+            yield from records
 
     def at(self, partition: int, offset: int) -> ConsumerRecord:
         if self._by_position is None:

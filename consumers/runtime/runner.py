@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from passpost import tracing
 from passpost.backoff import Backoff
 from passpost.consumers.runtime.assignment import Assignment, topic_lookup
 from passpost.consumers.runtime.commit import Commit
@@ -133,6 +134,8 @@ class Runner:
 
     async def run(self, *, until: Callable[[], bool] | None = None) -> None:
         """Consume until SIGTERM/SIGINT, ``stop()``, or ``until()`` turns true after a batch."""
+        if tracing.tracer is None:  # from OTEL_* alone; off (None) unless an exporter endpoint is set
+            tracing.configure(f"passpost-{self.name}")
         # First: a taken port ends it before any client exists that would need closing.
         server = await self._serve_health()
         self.health_port = server.sockets[0].getsockname()[1]  # the real one when asked for port 0

@@ -26,6 +26,7 @@ from passpost.consumers.runtime.decode import DeadLetter, FetchedRecords
 from passpost.consumers.runtime.errors import PoisonBatch, RetryLater
 from passpost.consumers.runtime.health import ConsumerMetrics
 from passpost.consumers.runtime.refusals import BatchAbandoned, Refusals
+from passpost.consumers.runtime.tracing import run_batch
 from passpost.errors import describe_error
 
 log = logging.getLogger("passpost.consumer")
@@ -49,7 +50,9 @@ class Write:
     def submit(self, batch: Batch, records: FetchedRecords, started: float) -> None:
         """Start writing ``batch`` (``started``: when it was fetched). ``join`` the previous one first."""
         assert self._pending is None, "submit() before the previous batch was joined"
-        self._pending = asyncio.create_task(self._write_and_commit(batch, records, started))
+        topic = next(iter(batch.next_offsets)).topic if batch.next_offsets else ""
+        self._pending = asyncio.create_task(run_batch(
+            self.name, topic, records, len(batch), lambda: self._write_and_commit(batch, records, started)))
 
     async def join(self) -> bool:
         """Wait for the batch in flight; False when it was abandoned or failed, uncommitted: then the

@@ -1,0 +1,126 @@
+"""The ingress's spans: SERVER per request, PRODUCER per record, and the forwarder's PRODUCER spans.
+
+Hooks at the call sites (``ingest/app.py``, ``ingest/forwarder.py``) call these only when
+``passpost.tracing.tracer`` is not None, so tracing off costs one ``is None`` test.
+
+Attributes follow the HTTP and Kafka messaging semantic conventions. None holds what a
+postback says (its REFERENCEVALUE is personal data): a span names the route, the status,
+the refusal's code, the topic and the event id (a digest of the content).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from starlette.types import Scope
+
+from passpost import tracing
+from passpost.ingest.records import Record
+from passpost.ingest.routes import POSTBACK_PATH
+from passpost.tracing import TRACEPARENT, TRACESTATE
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, Tracer
+
+SERVER_SPAN_NAME = f"POST {POSTBACK_PATH}"
+
+
+async def serve_traced(tracer: Tracer, scope: Scope, serve: Callable[[], Awaitable[tuple[int, str | None]]]) -> None:
+    """Run ``serve`` (which answers and returns the status and the refusal's code) inside a SERVER span that
+    continues the caller's ``traceparent``; the access line, written inside, carries the span's ids."""
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    carrier = [(name.decode("latin-1"), value) for name, value in scope["headers"]
+               if name in (b"traceparent", b"tracestate")]
+    parent = tracing.context_from_headers(carrier)
+    client = scope.get("client")
+    attributes: dict[str, Any] = {
+        "http.request.method": scope["method"],
+        "http.route": POSTBACK_PATH,
+        "url.path": scope["path"],  # never the query: it may hold the token
+        "url.scheme": scope.get("scheme", "http"),
+        "network.protocol.version": scope.get("http_version", "1.1"),
+    }
+    if client:
+        attributes["client.address"] = client[0]
+    with tracer.start_as_current_span(SERVER_SPAN_NAME, context=parent, kind=SpanKind.SERVER,
+                                              attributes=attributes, record_exception=False,
+                                              set_status_on_exception=True) as span:
+        status, error_code = await serve()
+        span.set_attribute("http.response.status_code", status)
+        if error_code is not None:
+            span.set_attribute("error.type", error_code)
+        if status >= 500:  # a 4xx is the client's doing: not an error of this server (HTTP semconv)
+            span.set_status(Status(StatusCode.ERROR))
+
+
+def _headers_with(headers: list[tuple[str, bytes]] | None, context: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    kept = [(name, value) for name, value in headers or () if name not in (TRACEPARENT, TRACESTATE)]
+    return kept + context
+
+
+async def publish_traced(tracer: Tracer, publish: Callable[[str, Sequence[Record]], Awaitable[None]],
+                         topic: str, records: Sequence[Record], event_ids: Sequence[str] | None = None) -> None:
+    """``publish(topic, records)`` with a PRODUCER span per record, each record carrying its span's context.
+
+    With a spool, the records (their headers included) are what is spooled, so a spooled record keeps the
+    context of the span that first tried to send it."""
+    from opentelemetry import trace
+    from opentelemetry.trace import SpanKind
+
+    spans: list[Span] = []
+    traced: list[Record] = []
+    for index, (key, value, headers) in enumerate(records):
+        attributes: dict[str, Any] = {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "send",
+            "messaging.destination.name": topic,
+            "messaging.message.body.size": len(value),
+        }
+        if event_ids is not None and index < len(event_ids):
+            attributes["messaging.message.id"] = event_ids[index]
+        span = tracer.start_span(f"send {topic}", kind=SpanKind.PRODUCER, attributes=attributes)
+        spans.append(span)
+        context: list[tuple[str, bytes]] = []
+        tracing.inject(context, trace.set_span_in_context(span))
+        traced.append((key, value, _headers_with(headers, context)))
+    try:
+        await publish(topic, traced)
+    except BaseException as error:
+        for span in spans:
+            tracing.end_error(span, error)
+        raise
+    finally:
+        for span in spans:
+            span.end()
+
+
+async def forward_traced(tracer: Tracer, publish: Callable[[], Awaitable[None]], topic: str,
+                         records: Sequence[Record]) -> None:
+    """The forwarder's ``publish()`` of spooled records in one PRODUCER span per record, each linking the
+    context the record was spooled with (which it still carries, unchanged, to the consumers)."""
+    from opentelemetry.trace import SpanKind
+
+    spans: list[Span] = []
+    for _, value, headers in records:
+        context = tracing.context_from_headers(headers)
+        links, _ = tracing.links_of([tracing.span_context_of(context)])
+        # In the request's trace (so the trace shows the spool's 200 and, later, the write to Kafka) and
+        # linked to the span that spooled it, as the messaging conventions link a send to its creation.
+        span = tracer.start_span(
+            f"send {topic}", context=context, kind=SpanKind.PRODUCER, links=links,
+            attributes={"messaging.system": "kafka", "messaging.operation.type": "send",
+                        "messaging.operation.name": "send", "messaging.destination.name": topic,
+                        "messaging.message.body.size": len(value), "passpost.spool.forwarded": True})
+        spans.append(span)
+    try:
+        await publish()
+    except BaseException as error:
+        for span in spans:
+            tracing.end_error(span, error)
+        raise
+    finally:
+        for span in spans:
+            span.end()
