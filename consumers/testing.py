@@ -34,6 +34,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from passpost import settings as settings_module
+from passpost import tracing
 from passpost.consumers.runtime import Consumer, Runner, dead_letter_topic
 from passpost.kafka import client_options, create_topics, topic_bounds
 from passpost.schemas.codec import encode
@@ -93,10 +94,34 @@ class Letter:
 class Result:
     runner: Runner
     dead_letters: list[Letter] = field(default_factory=list)
+    # With consume(..., trace=True): every span the run made (opentelemetry.sdk.trace.ReadableSpan).
+    spans: list[Any] = field(default_factory=list)
+
+    def batch_spans(self) -> list[Any]:
+        """The runtime's span of each batch (``process <topic>``); a sink's own spans are their children."""
+        return [span for span in self.spans if span.name.startswith("process ")]
+
+    def children_of(self, parent: Any) -> list[Any]:
+        """The spans made inside ``parent`` (a sink's transaction, a delivery, a dead letter)."""
+        return [span for span in self.spans
+                if span.parent is not None and span.parent.span_id == parent.context.span_id]
 
 
-def consume(consumer: Consumer, settings: Settings, timeout: float = 60.0) -> Result:
-    """Run ``consumer`` until it handled every record now on the topic; return its dead letters."""
+def consume(consumer: Consumer, settings: Settings, timeout: float = 60.0, *, trace: bool = False) -> Result:
+    """Run ``consumer`` until it handled every record now on the topic; return its dead letters.
+
+    ``trace=True`` runs it with tracing on, every span recorded in ``Result.spans`` (no exporter): a
+    consumer's test can assert the runtime's batch span and its own spans under it::
+
+        result = testing.consume(consumer, settings, trace=True)
+        [batch] = result.batch_spans()
+        assert [span.name for span in result.children_of(batch)] == ["INSERT my-store"]
+    """
+    if trace:
+        with tracing.record_spans() as spans:
+            result = consume(consumer, settings, timeout)
+        result.spans = list(spans)
+        return result
 
     async def run() -> Result:
         beginning, end = await topic_bounds(settings)

@@ -40,6 +40,7 @@ from passpost.consumers.runtime.health import ConsumerMetrics, serve_health
 from passpost.consumers.runtime.rebalance import Rebalance
 from passpost.consumers.runtime.refusals import BatchAbandoned, Refusals
 from passpost.consumers.runtime.source import Fetched, Source
+from passpost.consumers.runtime.tracing import end_batch, start_batch, within
 from passpost.consumers.runtime.write import Write
 from passpost.kafka import client_options, start_client
 from passpost.schemas.registry import RegistryConfig, RegistryMetrics, RegistryResolver
@@ -244,11 +245,16 @@ class Runner:
     async def _hand_on(self, steps: Steps, fetched: Fetched) -> None:
         """Decode this batch while the previous one is written, then hand it on once that one is committed."""
         started = time.perf_counter()
+        span = start_batch(self.name, self.topic, fetched)  # None unless tracing is on
         try:
-            batch, records = await steps.decode(fetched)
+            with within(span):
+                batch, records = await steps.decode(fetched)
         except BatchAbandoned:
+            end_batch(span)
             await steps.write.join()  # the previous batch still commits
             return
         # An abandoned batch is read again: the ones fetched after it must not be written before it.
         if await steps.write.join():
-            steps.write.submit(batch, records, started)
+            steps.write.submit(batch, records, started, span)
+        else:
+            end_batch(span)

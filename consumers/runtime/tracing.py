@@ -3,7 +3,8 @@
 Every consumer gets the batch span (messaging "process", Kafka conventions) without writing a
 line: ``Write`` runs a batch's write and commit inside it when tracing is on. It links the
 creation context (``traceparent`` header) of each of its records, at most
-``passpost.tracing.MAX_LINKS``, the rest counted in ``passpost.links.dropped``. A sink marks
+``passpost.tracing.MAX_LINKS``, the rest counted in ``passpost.links.dropped``, and is a child of
+the first record's, so that one postback's trace holds every consumer's work on it. A sink marks
 its own work with ``sink_span`` (the analytics transaction, each alert delivery, a dead-letter
 write): a no-op when tracing is off.
 
@@ -27,35 +28,65 @@ if TYPE_CHECKING:
 
     from passpost.consumers.runtime.consumer import Item
     from passpost.consumers.runtime.decode import FetchedRecords
+    from passpost.consumers.runtime.source import Fetched
 
 # The records of the batch being written, for trace_id_of.
 _batch_records: contextvars.ContextVar[FetchedRecords | None] = contextvars.ContextVar(
     "passpost_batch_records", default=None)
 
 
-async def run_batch(name: str, topic: str, records: FetchedRecords, size: int,
-                    write: Callable[[], Awaitable[None]]) -> None:
-    """``write()`` (the sink's write and the commit) for one batch, in its span when tracing is on."""
-    _batch_records.set(records)  # this task's own context: the next batch's task sets its own
+def start_batch(name: str, topic: str, fetched: Fetched) -> Span | None:
+    """The span of a fetched batch, started before it is decoded (a dead letter of decoding is its child);
+    None when tracing is off. ``run_batch`` ends it, or ``end_batch`` when the batch goes no further."""
     tracer = tracing.tracer
     if tracer is None:
-        await write()
-        return
+        return None
     from opentelemetry.trace import SpanKind
 
-    links, dropped = tracing.links_of(
-        tracing.span_context_of(tracing.context_from_headers(record.headers)) for record in records.all())
+    contexts = [tracing.context_from_headers(record.headers) for records in fetched.values() for record in records]
+    links, dropped = tracing.links_of(tracing.span_context_of(context) for context in contexts)
+    # The first traced record's span is the parent, so that a postback's trace shows what every consumer did
+    # with it; the batch mixes many traces, and each record's creation context is also a link.
+    parent = next((context for context in contexts if context is not None), None)
     attributes: dict[str, Any] = {
         "messaging.system": "kafka", "messaging.operation.type": "process", "messaging.operation.name": "process",
         "messaging.destination.name": topic, "messaging.consumer.group.name": name,
-        "messaging.batch.message_count": size,
+        "messaging.batch.message_count": len(contexts),
     }
     if dropped:
         attributes[tracing.DROPPED_LINKS_ATTRIBUTE] = dropped
-    # A root span of its own: a batch mixes records of many traces, which the links name.
-    with tracer.start_as_current_span(f"process {topic}", kind=SpanKind.CONSUMER, links=links,
-                                      attributes=attributes, record_exception=False,
-                                      set_status_on_exception=False) as span:
+    return tracer.start_span(f"process {topic}", context=parent, kind=SpanKind.CONSUMER, links=links,
+                             attributes=attributes)
+
+
+@contextlib.contextmanager
+def within(span: Span | None) -> Iterator[None]:
+    """``span`` current for the block (decoding: its dead letters are its children), not ended after."""
+    if span is None:
+        yield
+        return
+    from opentelemetry.trace import use_span
+
+    with use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+        yield
+
+
+def end_batch(span: Span | None) -> None:
+    """End the span of a batch that is not written (abandoned, or behind one that was)."""
+    if span is not None:
+        span.set_attribute("passpost.batch.abandoned", True)
+        span.end()
+
+
+async def run_batch(span: Span | None, records: FetchedRecords, write: Callable[[], Awaitable[None]]) -> None:
+    """``write()`` (the sink's write and the commit) for one batch, inside its span, which it ends."""
+    _batch_records.set(records)  # this task's own context: the next batch's task sets its own
+    if span is None:
+        await write()
+        return
+    from opentelemetry.trace import use_span
+
+    with use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
         try:
             await write()
         except BaseException as error:

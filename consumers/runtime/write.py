@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from aiokafka import TopicPartition
 
@@ -28,6 +29,9 @@ from passpost.consumers.runtime.health import ConsumerMetrics
 from passpost.consumers.runtime.refusals import BatchAbandoned, Refusals
 from passpost.consumers.runtime.tracing import run_batch
 from passpost.errors import describe_error
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger("passpost.consumer")
 
@@ -47,12 +51,12 @@ class Write:
         self.fatal: BaseException | None = None  # the sink's bug, raised by the runner
         self._pending: asyncio.Task[None] | None = None
 
-    def submit(self, batch: Batch, records: FetchedRecords, started: float) -> None:
-        """Start writing ``batch`` (``started``: when it was fetched). ``join`` the previous one first."""
+    def submit(self, batch: Batch, records: FetchedRecords, started: float, span: Span | None = None) -> None:
+        """Start writing ``batch`` (``started``: when it was fetched; ``span``: its span, ended once written).
+        ``join`` the previous one first."""
         assert self._pending is None, "submit() before the previous batch was joined"
-        topic = next(iter(batch.next_offsets)).topic if batch.next_offsets else ""
         self._pending = asyncio.create_task(run_batch(
-            self.name, topic, records, len(batch), lambda: self._write_and_commit(batch, records, started)))
+            span, records, lambda: self._write_and_commit(batch, records, started)))
 
     async def join(self) -> bool:
         """Wait for the batch in flight; False when it was abandoned or failed, uncommitted: then the
