@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from passpost import settings as settings_module
+from passpost import tracing
 from passpost.kafka import RECORD_OVERHEAD_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -524,6 +525,9 @@ def test_every_passpost_variable_is_a_setting_with_a_valid_value(resources: list
         for container in containers(workload):
             for name, value in container_env(resources, container).items():
                 where = f"{workload['metadata']['name']}: {name}"
+                if name.startswith("OTEL_"):  # OpenTelemetry's own: test_production_traces_go_to_the_collector
+                    assert name in OTEL_VARIABLES, f"{where} is not an OpenTelemetry variable passpost documents"
+                    continue
                 assert name.startswith("PASSPOST_"), where
                 assert name in declared or name in DECIDED_SETTINGS, f"{where} is not a passpost setting"
                 if not isinstance(value, str):
@@ -537,6 +541,34 @@ def test_every_passpost_variable_is_a_setting_with_a_valid_value(resources: list
                 allowed = DECIDED_SETTINGS.get(name)
                 if allowed is not None:
                     assert value in allowed, where
+
+
+OTEL_VARIABLES = {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_HEADERS",
+                  "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES",
+                  "OTEL_SDK_DISABLED", "OTEL_BSP_SCHEDULE_DELAY", "OTEL_BSP_MAX_QUEUE_SIZE"}
+
+
+def test_production_traces_go_to_the_collector(production: list[dict[str, Any]]) -> None:
+    """Every workload exports OTLP/HTTP to the collector site.yaml names, sampling 5 % of new traces and
+    following a caller's decision; the network policy lets them reach it."""
+    site = yaml.safe_load((ROOT / "deploy/k8s/overlays/production/site.yaml").read_text())["data"]
+    endpoint = site["otelCollectorEndpoint"]
+    for workload in workloads(production):
+        for container in containers(workload):
+            env = container_env(production, container)
+            assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == endpoint, workload["metadata"]["name"]
+            assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+            assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+            assert float(env["OTEL_TRACES_SAMPLER_ARG"]) == 0.05
+            assert "OTEL_SERVICE_NAME" not in env  # each process names itself: passpost-ingress, passpost-NAME
+            assert tracing.wanted(env)
+    policy = named(production, "NetworkPolicy", "passpost-allow-otel-collector")
+    [rule] = policy["spec"]["egress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": int(endpoint.rsplit(":", 1)[1])}]
+    assert rule["to"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == \
+        site["otelCollectorNamespace"] == endpoint.split(".")[1]
+    for workload in workloads(production):
+        assert matches(policy["spec"]["podSelector"], pod_labels(workload)), workload["metadata"]["name"]
 
 
 def test_every_configmap_and_secret_a_pod_uses_exists(overlay: str, resources: list[dict[str, Any]]) -> None:
