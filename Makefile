@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 # `make check`, `make lint`, `make bench`.
 TEST_STAMP := $(VENV)/.test-installed
 
-.PHONY: dev test check lint report bench kafka-jars system-deps clean
+.PHONY: dev test check lint report bench kafka-jars jaeger system-deps clean
 
 $(STAMP): pyproject.toml devkit/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,14 +31,19 @@ $(TEST_STAMP): $(STAMP)
 kafka-jars: $(STAMP)
 	$(BIN)/python -m passpost_dev.kafka fetch
 
+# The tracing tests' Jaeger (github.com/jaegertracing/jaeger/cmd/jaeger), built with Go once into
+# ~/.cache/passpost: minutes on two cores the first time, nothing after.
+jaeger: $(STAMP)
+	PATH="$$PATH:/usr/local/go/bin" $(BIN)/python -m passpost_dev.jaeger build
+
 dev: $(STAMP) kafka-jars
 	$(BIN)/passpost dev
 
 system-deps:
 	.ci/install-deps
 
-# system-deps first: Java and Maven are what kafka-jars needs.
-test: system-deps $(TEST_STAMP) kafka-jars
+# system-deps first: Java and Maven are what kafka-jars needs, Go what jaeger needs.
+test: system-deps $(TEST_STAMP) kafka-jars jaeger
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP)
