@@ -213,12 +213,25 @@ def summarize(trace: dict[str, Any] | None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``build``: the cached binary (built if missing). ``serve``: a Jaeger to look at local traces in,
+    until Ctrl-C, its OTLP endpoint and query address printed."""
     args = sys.argv[1:] if argv is None else argv
-    if args[:1] != ["build"]:
-        print("usage: python -m passpost_dev.jaeger build", file=sys.stderr)
-        return 2
-    print(ensure_binary(log=lambda line: print(line, file=sys.stderr)))
-    return 0
+    if args[:1] == ["build"]:
+        print(ensure_binary(log=lambda line: print(line, file=sys.stderr)))
+        return 0
+    if args[:1] == ["serve"]:
+        ensure_binary(log=lambda line: print(line, file=sys.stderr))
+        with LocalJaeger() as jaeger:
+            print(f"OTEL_EXPORTER_OTLP_ENDPOINT={jaeger.otlp_http}\n"
+                  f"traces: {jaeger.query_url}/api/traces?service=passpost-ingress", flush=True)
+            try:
+                assert jaeger.process is not None
+                jaeger.process.wait()
+            except KeyboardInterrupt:
+                pass
+        return 0
+    print("usage: python -m passpost_dev.jaeger build|serve", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
