@@ -1,7 +1,7 @@
 """The consumer benchmark: `passpost consume analytics` draining a backlog into DuckDB and PostgreSQL.
 
     python -m bench.consume [--events 1000000] [--partitions 6] [--skip-postgres] [--skip-duckdb]
-                            [--passpost [LABEL=]PATH ...] [--rounds N]
+                            [--passpost [LABEL=]PATH ...] [--rounds N] [--tracing]
 
 What one run does (figures in BENCHMARKS.md):
 
@@ -74,7 +74,9 @@ def make_event(n: int, start: datetime) -> PassPostback:
         extra={"PASSDATA/BARCODEVALUE": str(n)} if n % 10 == 0 else {})
 
 
-async def fill(bootstrap: str, topic: str, events: int) -> float:
+async def fill(bootstrap: str, topic: str, events: int, traced: bool = False) -> float:
+    """``events`` on ``topic``; ``traced``: each with a sampled ``traceparent`` of its own, as the ingress
+    writes them with tracing on (the consumers' batch spans then link up to 128 of them)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20, compression_type="lz4",
                                 max_batch_size=512 * 1024)
     await producer.start()
@@ -84,7 +86,10 @@ async def fill(bootstrap: str, topic: str, events: int) -> float:
         pending = []
         for n in range(events):
             event = make_event(n, start)
-            pending.append(await producer.send(topic, encode(event), key=event.kafka_key()))
+            headers = None
+            if traced:
+                headers = [("traceparent", f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01".encode())]
+            pending.append(await producer.send(topic, encode(event), key=event.kafka_key(), headers=headers))
             if len(pending) >= 20_000:
                 await asyncio.gather(*pending)
                 pending.clear()
@@ -138,11 +143,12 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def drain(command: list[str], bootstrap: str, topic: str, dsn: str, events: int,
-          log: Path) -> tuple[float, float, float]:
+          log: Path, extra_env: dict[str, str] | None = None) -> tuple[float, float, float]:
     port = free_port()
-    env = {**os.environ, "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PASSPOST_EVENTS_TOPIC": topic,
+    env = {**{key: value for key, value in os.environ.items() if not key.startswith("OTEL_")},
+           "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PASSPOST_EVENTS_TOPIC": topic,
            "PASSPOST_CONSUMER_GROUP": f"bench-{uuid.uuid4().hex[:8]}", "PASSPOST_ANALYTICS_DSN": dsn,
-           "PASSPOST_CONSUMER_PORT": str(port), "PASSPOST_LOG_LEVEL": "warning"}
+           "PASSPOST_CONSUMER_PORT": str(port), "PASSPOST_LOG_LEVEL": "warning", **(extra_env or {})}
     with log.open("wb") as sink:
         process = subprocess.Popen([*command, "consume", "analytics"], env=env, stdout=sink, stderr=sink)
     try:
@@ -197,8 +203,13 @@ def main() -> int:
                         help="the passpost executable run as the consumer (default: this installation's); "
                              "repeat it to measure several installations in turn")
     parser.add_argument("--rounds", type=int, default=1, help="measure everything this many times, alternated")
+    parser.add_argument("--tracing", action="store_true",
+                        help="drain with tracing off and on (every batch sampled, spans exported to a local Jaeger), "
+                             "side by side; the backlog's records carry a traceparent each (issue 19)")
     args = parser.parse_args()
-    consumers = args.passpost or [("`passpost consume analytics`", [sys.executable, "-m", "passpost"])]
+    consumers: list[tuple[str, list[str], dict[str, str]]] = [
+        (label, command, {}) for label, command in
+        args.passpost or [("`passpost consume analytics`", [sys.executable, "-m", "passpost"])]]
     rows: list[tuple[str, float, float | None, float, float]] = []  # name, events/s, RSS, CPU, bare events/s
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="passpost-bench-")))
@@ -209,7 +220,14 @@ def main() -> int:
         settings = settings_module.defaults().replace(kafka_bootstrap_servers=bootstrap,
                                                       topic_partitions=args.partitions)
         asyncio.run(create_topics(settings, [topic]))
-        seconds = asyncio.run(fill(bootstrap, topic, args.events))
+        if args.tracing:
+            from passpost_dev.jaeger import LocalJaeger
+
+            jaeger = stack.enter_context(LocalJaeger(home=work / "jaeger"))
+            traced = {"OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_http, "OTEL_TRACES_SAMPLER": "parentbased_always_on"}
+            consumers = [(f"{label}, tracing {state}", command, env)
+                         for label, command, _ in consumers for state, env in (("off", {}), ("on", traced))]
+        seconds = asyncio.run(fill(bootstrap, topic, args.events, traced=args.tracing))
         print(f"filled {topic} with {args.events} events in {seconds:.1f} s", flush=True)
         server = None
         if not args.skip_postgres:
@@ -231,10 +249,10 @@ def main() -> int:
             # Every other round in the reverse order: run second, the very same installation drained up to 16%
             # slower than run first in 3 of 4 rounds (PostgreSQL, BENCHMARKS.md, issue 18).
             for store, new_dsn, remove in stores:
-                for number, (label, command) in enumerate(consumers if round_ % 2 else consumers[::-1]):
+                for number, (label, command, extra_env) in enumerate(consumers if round_ % 2 else consumers[::-1]):
                     dsn = new_dsn()
                     rate, peak, cpu = drain(command, bootstrap, topic, dsn, args.events,
-                                            work / f"{store.lower()}-{round_}-{number}.log")
+                                            work / f"{store.lower()}-{round_}-{number}.log", extra_env)
                     remove(dsn)
                     rows.append((f"{label}, {store}{suffix}", rate, peak, cpu, bare))
                     print(f"{label}, {store}{suffix}: {rate:,.0f} events/s ({rate / bare:.2f} of the bare loop), "

@@ -750,13 +750,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-spool", dest="spool", action="store_false",
                         help="leave out the spool's runs (PASSPOST_SPOOL_DIR: broker paused, then draining)")
 
+    from bench.ingest_tracing import add_tracing_options, print_tracing_report, run_tracing
+
+    add_tracing_options(parser)
+
     def report_and_profile(report: Report, options: argparse.Namespace) -> bool:
         all_met = print_report(report, options)
         if options.profile:
             print_hot_spots(options.profile / "ingress.collapsed")
         return all_met
 
-    return bench_main(parser, argv, run, report_and_profile)
+    def run_mode(options: argparse.Namespace) -> Any:
+        return run_tracing(options) if options.tracing else run(options)
+
+    def report_mode(report: Any, options: argparse.Namespace) -> bool:
+        return print_tracing_report(report, options) if options.tracing else report_and_profile(report, options)
+
+    return bench_main(parser, argv, run_mode, report_mode)
 
 
 if __name__ == "__main__":

@@ -130,6 +130,7 @@ class LocalJaeger:
         self.binary = ensure_binary(cache_dir)
         self._own_home = home is None
         self.home = Path(tempfile.mkdtemp(prefix="passpost-jaeger-")) if home is None else home
+        self.home.mkdir(parents=True, exist_ok=True)
         ports = {name: free_port() for name in ("query_port", "query_grpc_port", "health_port", "grpc_port",
                                                 "http_port")}
         self.query_url = f"http://127.0.0.1:{ports['query_port']}"
