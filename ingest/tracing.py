@@ -33,26 +33,29 @@ async def serve_traced(tracer: Tracer, scope: Scope, serve: Callable[[], Awaitab
 
     carrier = [(name.decode("latin-1"), value) for name, value in scope["headers"]
                if name in (b"traceparent", b"tracestate")]
-    parent = tracing.context_from_headers(carrier)
-    client = scope.get("client")
-    attributes: dict[str, Any] = {
-        "http.request.method": scope["method"],
-        "http.route": POSTBACK_PATH,
-        "url.path": scope["path"],  # never the query: it may hold the token
-        "url.scheme": scope.get("scheme", "http"),
-        "network.protocol.version": scope.get("http_version", "1.1"),
-    }
-    if client:
-        attributes["client.address"] = client[0]
+    parent = tracing.context_from_headers(carrier) if carrier else None
     with tracer.start_as_current_span(SERVER_SPAN_NAME, context=parent, kind=SpanKind.SERVER,
-                                              attributes=attributes, record_exception=False,
-                                              set_status_on_exception=True) as span:
+                                      record_exception=False, set_status_on_exception=True) as span:
+        # Attributes only on a span that is kept: at a ratio of 0.05, 19 requests in 20 build none. (The
+        # samplers passpost documents decide on the trace id and the parent, not on attributes.)
+        recording = span.is_recording()
+        if recording:
+            client = scope.get("client")
+            span.set_attributes({
+                "http.request.method": scope["method"],
+                "http.route": POSTBACK_PATH,
+                "url.path": scope["path"],  # never the query: it may hold the token
+                "url.scheme": scope.get("scheme", "http"),
+                "network.protocol.version": scope.get("http_version", "1.1"),
+                **({"client.address": client[0]} if client else {}),
+            })
         status, error_code = await serve()
-        span.set_attribute("http.response.status_code", status)
-        if error_code is not None:
-            span.set_attribute("error.type", error_code)
-        if status >= 500:  # a 4xx is the client's doing: not an error of this server (HTTP semconv)
-            span.set_status(Status(StatusCode.ERROR))
+        if recording:
+            span.set_attribute("http.response.status_code", status)
+            if error_code is not None:
+                span.set_attribute("error.type", error_code)
+            if status >= 500:  # a 4xx is the client's doing: not an error of this server (HTTP semconv)
+                span.set_status(Status(StatusCode.ERROR))
 
 
 def _headers_with(headers: list[tuple[str, bytes]] | None, context: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
@@ -69,6 +72,13 @@ async def publish_traced(tracer: Tracer, publish: Callable[[str, Sequence[Record
     from opentelemetry import trace
     from opentelemetry.trace import SpanKind
 
+    if not trace.get_current_span().is_recording():
+        # The request is not sampled, so no span under it would be: the records carry the request's context
+        # (its sampled flag off, which downstream samplers follow) and no span per record is made.
+        context: list[tuple[str, bytes]] = []
+        tracing.inject(context)
+        await publish(topic, [(key, value, _headers_with(headers, context)) for key, value, headers in records])
+        return
     spans: list[Span] = []
     traced: list[Record] = []
     for index, (key, value, headers) in enumerate(records):
@@ -83,9 +93,9 @@ async def publish_traced(tracer: Tracer, publish: Callable[[str, Sequence[Record
             attributes["messaging.message.id"] = event_ids[index]
         span = tracer.start_span(f"send {topic}", kind=SpanKind.PRODUCER, attributes=attributes)
         spans.append(span)
-        context: list[tuple[str, bytes]] = []
-        tracing.inject(context, trace.set_span_in_context(span))
-        traced.append((key, value, _headers_with(headers, context)))
+        span_context: list[tuple[str, bytes]] = []
+        tracing.inject(span_context, trace.set_span_in_context(span))
+        traced.append((key, value, _headers_with(headers, span_context)))
     try:
         await publish(topic, traced)
     except BaseException as error:

@@ -19,6 +19,7 @@ start, and tests can swap it (``record_spans``) without the API's set-once rule.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -150,10 +151,8 @@ def record_spans() -> Iterator[list[ReadableSpan]]:
 
 def inject(headers: list[tuple[str, bytes]], context: Context | None = None) -> None:
     """Append ``traceparent`` (and ``tracestate``) of ``context`` (the current one when None)."""
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
     carrier: dict[str, str] = {}
-    TraceContextTextMapPropagator().inject(carrier, context)
+    _propagator().inject(carrier, context)
     for name in (TRACEPARENT, TRACESTATE):
         value = carrier.get(name)
         if value:
@@ -171,10 +170,17 @@ def context_from_headers(headers: Iterable[tuple[str | bytes, bytes]] | None) ->
     if TRACEPARENT not in carrier:
         return None
     from opentelemetry.trace import get_current_span
+
+    context = _propagator().extract(carrier)
+    return context if get_current_span(context).get_span_context().is_valid else None
+
+
+@functools.cache
+def _propagator() -> Any:
+    """W3C trace context, made once (a request may inject several times)."""
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    context = TraceContextTextMapPropagator().extract(carrier)
-    return context if get_current_span(context).get_span_context().is_valid else None
+    return TraceContextTextMapPropagator()
 
 
 def span_context_of(context: Context | None) -> SpanContext | None:
