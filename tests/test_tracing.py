@@ -24,6 +24,7 @@ from passpost import settings as settings_module
 from passpost import tracing
 from passpost.consumers import testing
 from passpost.consumers.analytics import AnalyticsConsumer
+from passpost.errors import ConfigurationError
 from passpost.ingest.app import create_app
 from passpost_dev.jaeger import LocalJaeger
 from tests.alertmanager_fixtures import active_alerts
@@ -212,3 +213,54 @@ def test_the_runtime_gives_any_consumer_a_batch_span_with_its_sink_under_it(kafk
         "INSERT duckdb", "send pass-postbacks.dlq.analytics.v1"]
     [insert] = [span for span in result.children_of(batch) if span.name == "INSERT duckdb"]
     assert insert.attributes["passpost.rows"] == 2
+
+
+def test_grpc_protocol_and_the_service_name_come_from_the_otel_variables(
+        jaeger: LocalJaeger, monkeypatch: pytest.MonkeyPatch) -> None:
+    service = f"trace-grpc-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", jaeger.otlp_grpc)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", service)  # wins over the process's default name
+    try:
+        assert tracing.configure("passpost-ingress")
+        assert tracing.tracer is not None
+        with tracing.tracer.start_as_current_span("over grpc") as span:
+            trace_id = f"{span.get_span_context().trace_id:032x}"
+        tracing.flush()
+        trace = jaeger.wait_for_trace(trace_id, lambda found: bool(found["spans"]))
+        assert spans_by(trace)[0][:2] == (service, "over grpc")
+    finally:
+        tracing.shutdown()
+
+
+@pytest.mark.parametrize("environ", [{}, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+                                          "OTEL_SDK_DISABLED": "true"},
+                                     {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+                                      "OTEL_TRACES_EXPORTER": "none"}])
+def test_tracing_is_off_without_an_endpoint_or_when_disabled(environ: dict[str, str]) -> None:
+    assert not tracing.wanted(environ)
+
+
+def test_an_unknown_protocol_is_one_line_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+    with pytest.raises(ConfigurationError, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
+        tracing.configure("passpost-ingress")
+    assert tracing.tracer is None
+
+
+def test_log_lines_inside_a_span_name_it() -> None:
+    import logging
+
+    from passpost.logs import JsonFormatter, TextFormatter
+
+    record = logging.LogRecord("passpost.ingest", logging.INFO, __file__, 1, "request", None, None)
+    assert "trace_id" not in json.loads(JsonFormatter().format(record))  # outside a span: nothing added
+    with tracing.record_spans():
+        assert tracing.tracer is not None
+        with tracing.tracer.start_as_current_span("request") as span:
+            context = span.get_span_context()
+            line = json.loads(JsonFormatter().format(record))
+            text = TextFormatter().format(record)
+    assert line["trace_id"] == f"{context.trace_id:032x}" and line["span_id"] == f"{context.span_id:016x}"
+    assert text.endswith(f"trace={context.trace_id:032x} span={context.span_id:016x}")
