@@ -4,7 +4,7 @@ Every consumer gets the batch span (messaging "process", Kafka conventions) with
 line: ``Write`` runs a batch's write and commit inside it when tracing is on. It links the
 creation context (``traceparent`` header) of each of its records, at most
 ``passpost.tracing.MAX_LINKS``, the rest counted in ``passpost.links.dropped``, and is a child of
-the first record's, so that one postback's trace holds every consumer's work on it. A sink marks
+the first sampled record's, so that one postback's trace holds every consumer's work on it. A sink marks
 its own work with ``sink_span`` (the analytics transaction, each alert delivery, a dead-letter
 write): a no-op when tracing is off.
 
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from passpost import tracing
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
     from opentelemetry.trace import Span
 
     from passpost.consumers.runtime.consumer import Item
@@ -41,17 +42,40 @@ def start_batch(name: str, topic: str, fetched: Fetched) -> Span | None:
     tracer = tracing.tracer
     if tracer is None:
         return None
-    from opentelemetry.trace import SpanKind
+    from opentelemetry.trace import Link, SpanKind
 
-    contexts = [tracing.context_from_headers(record.headers) for records in fetched.values() for record in records]
-    links, dropped = tracing.links_of(tracing.span_context_of(context) for context in contexts)
-    # The first traced record's span is the parent, so that a postback's trace shows what every consumer did
-    # with it; the batch mixes many traces, and each record's creation context is also a link.
-    parent = next((context for context in contexts if context is not None), None)
+    # Links to the sampled creation contexts only (an unsampled one names a span no backend has), at most
+    # MAX_LINKS: past them a record's headers are only scanned, not parsed, so a batch of thousands costs
+    # little more than one of 128. The first sampled record's span is the parent, so that a postback's
+    # trace shows what every consumer did with it; none sampled, the batch is a trace of its own.
+    links: list[Link] = []
+    seen: set[tuple[int, int]] = set()
+    dropped = 0
+    parent: Context | None = None
+    count = 0
+    for records in fetched.values():
+        count += len(records)
+        for record in records:
+            headers = record.headers
+            if not headers:
+                continue
+            if len(links) >= tracing.MAX_LINKS:
+                dropped += any(name == tracing.TRACEPARENT for name, _ in headers)
+                continue
+            context = tracing.context_from_headers(headers)
+            span_context = tracing.span_context_of(context)
+            if span_context is None or not span_context.trace_flags.sampled:
+                continue
+            key = (span_context.trace_id, span_context.span_id)
+            if key not in seen:
+                seen.add(key)
+                links.append(Link(span_context))
+            if parent is None:
+                parent = context
     attributes: dict[str, Any] = {
         "messaging.system": "kafka", "messaging.operation.type": "process", "messaging.operation.name": "process",
         "messaging.destination.name": topic, "messaging.consumer.group.name": name,
-        "messaging.batch.message_count": len(contexts),
+        "messaging.batch.message_count": count,
     }
     if dropped:
         attributes[tracing.DROPPED_LINKS_ATTRIBUTE] = dropped
