@@ -146,14 +146,14 @@ class SpoolingPublisher:
         """Ready while the spool accepts: a Kafka outage alone is no reason to send traffic elsewhere."""
         return self.spool.accepting
 
-    async def publish(self, topic: str, records: Sequence[Record]) -> None:
-        """Records to Kafka, else to the spool; ``SpoolRefused`` when the spool cannot keep them."""
+    async def publish(self, topic: str, records: Sequence[Record]) -> list[Any] | None:
+        """Records to Kafka, else to the spool; ``SpoolRefused`` when the spool cannot keep them. Kafka's
+        ``RecordMetadata`` of each when it confirmed them, None when the spool keeps them."""
         why = "records wait behind the spooled ones, Kafka not tried"
         sends: list[asyncio.Future[Any]] = []
         if not self.spool.holding:
             try:
-                await self.publisher.publish(topic, records, keep_sends=True)
-                return
+                return await self.publisher.publish(topic, records, keep_sends=True)
             except KafkaUnavailable as unavailable:
                 self._suspect = True  # kept below instead of answered 503
                 why = str(unavailable)
@@ -166,6 +166,7 @@ class SpoolingPublisher:
         except SpoolRefused as error:
             raise type(error)(f"{error} ({why})") from None
         self.first_sends.keep(topic, records, sends)
+        return None
 
     # ------------------------------------------------------------------ the forwarder
 

@@ -252,8 +252,9 @@ class Publisher:
         log.warning("replaced the Kafka producer after it lost its idempotence state")
         await self._close(broken)
 
-    async def publish(self, topic: str, records: Sequence[Record], keep_sends: bool = False) -> None:
-        """Send ``(key, value, headers)`` records and wait until Kafka confirmed all of them.
+    async def publish(self, topic: str, records: Sequence[Record], keep_sends: bool = False) -> list[Any]:
+        """Send ``(key, value, headers)`` records and wait until Kafka confirmed all of them; their
+        ``RecordMetadata`` (partition, offset: the PRODUCER spans name them, ingest/tracing.py).
 
         With ``keep_sends``, records still unconfirmed at the deadline are left to the
         producer and the failure is a ``NotConfirmed`` holding their futures: the spool,
@@ -267,9 +268,9 @@ class Publisher:
         wait = self._deadlines.watch()
         try:
             if keep_sends:
-                await self._send_watched(producer, topic, records, futures)
+                acknowledged = await self._send_watched(producer, topic, records, futures)
             else:
-                await self._send_all(producer, topic, records)
+                acknowledged = await self._send_all(producer, topic, records)
         except asyncio.CancelledError:
             if not wait.timed_out():
                 raise
@@ -291,30 +292,29 @@ class Publisher:
         if latency is None:  # `.labels()` locks and builds a key on every call; this runs per request
             latency = self._produce_latency[topic] = self._metrics.produce_latency.labels(topic)
         latency.observe(time.perf_counter() - started)
+        return acknowledged
 
     @staticmethod
     async def _send_all(
         producer: AIOKafkaProducer, topic: str, records: Sequence[Record]
-    ) -> None:
+    ) -> list[Any]:
         # Hand every record to the producer first so that they share batches, then wait
         # for all the confirmations together.
         futures = [await producer.send(topic, value, key=key, headers=headers) for key, value, headers in records]
         if len(futures) == 1:
-            await futures[0]
-        else:
-            await asyncio.gather(*futures)
+            return [await futures[0]]
+        return list(await asyncio.gather(*futures))
 
     @staticmethod
     async def _send_watched(producer: AIOKafkaProducer, topic: str, records: Sequence[Record],
-                            futures: list[asyncio.Future[Any]]) -> None:
+                            futures: list[asyncio.Future[Any]]) -> list[Any]:
         # As _send_all, but the deadline must not cancel the producer's futures: whether
         # Kafka confirms them later decides whether the spool sends its copy.
         for key, value, headers in records:
             future = await producer.send(topic, value, key=key, headers=headers)
             future.add_done_callback(_retrieve)  # none is left "never retrieved" after a failure
             futures.append(future)
-        for future in futures:
-            await asyncio.shield(future)
+        return [await asyncio.shield(future) for future in futures]
 
     async def ready(self) -> bool:
         """True while the producer has a live connection to a broker (checked at most once a second)."""

@@ -63,7 +63,7 @@ def _headers_with(headers: list[tuple[str, bytes]] | None, context: list[tuple[s
     return kept + context
 
 
-async def publish_traced(tracer: Tracer, publish: Callable[[str, Sequence[Record]], Awaitable[None]],
+async def publish_traced(tracer: Tracer, publish: Callable[[str, Sequence[Record]], Awaitable[list[Any] | None]],
                          topic: str, records: Sequence[Record], event_ids: Sequence[str] | None = None) -> None:
     """``publish(topic, records)`` with a PRODUCER span per record, each record carrying its span's context.
 
@@ -97,17 +97,31 @@ async def publish_traced(tracer: Tracer, publish: Callable[[str, Sequence[Record
         tracing.inject(span_context, trace.set_span_in_context(span))
         traced.append((key, value, _headers_with(headers, span_context)))
     try:
-        await publish(topic, traced)
+        acknowledged = await publish(topic, traced)
     except BaseException as error:
         for span in spans:
             tracing.end_error(span, error)
         raise
+    else:
+        _acknowledged(spans, acknowledged)
     finally:
         for span in spans:
             span.end()
 
 
-async def forward_traced(tracer: Tracer, publish: Callable[[], Awaitable[None]], topic: str,
+def _acknowledged(spans: Sequence[Span], acknowledged: list[Any] | None) -> None:
+    """Kafka's partition and offset on each record's span, once it confirmed them; None: the spool kept the
+    records, which the trace says (the forwarder's span, later in the same trace, names where they went)."""
+    if acknowledged is None:
+        for span in spans:
+            span.set_attribute("passpost.spooled", True)
+        return
+    for span, metadata in zip(spans, acknowledged, strict=False):
+        span.set_attribute("messaging.destination.partition.id", str(metadata.partition))
+        span.set_attribute("messaging.kafka.offset", metadata.offset)
+
+
+async def forward_traced(tracer: Tracer, publish: Callable[[], Awaitable[list[Any]]], topic: str,
                          records: Sequence[Record]) -> None:
     """The forwarder's ``publish()`` of spooled records in one PRODUCER span per record, each linking the
     context the record was spooled with (which it still carries, unchanged, to the consumers)."""
@@ -126,7 +140,7 @@ async def forward_traced(tracer: Tracer, publish: Callable[[], Awaitable[None]],
                         "messaging.message.body.size": len(value), "passpost.spool.forwarded": True})
         spans.append(span)
     try:
-        await publish()
+        _acknowledged(spans, await publish())
     except BaseException as error:
         for span in spans:
             tracing.end_error(span, error)

@@ -125,6 +125,8 @@ def test_one_postback_is_one_trace_from_the_request_to_every_sink(
     assert parent_of(producer) == server["spanID"]
     assert producer_tags["span.kind"] == "producer" and producer_tags["messaging.system"] == "kafka"
     assert producer_tags["messaging.destination.name"] == topic and producer_tags["messaging.message.id"] == event_id
+    # Where Kafka put it, once acknowledged (a fresh topic of one partition: its first record).
+    assert (producer_tags["messaging.destination.partition.id"], producer_tags["messaging.kafka.offset"]) == ("0", 0)
     for service in ("passpost-analytics", "passpost-alerts"):
         [(_, _, batch_tags, batch)] = [entry for entry in spans if entry[:2] == (service, f"process {topic}")]
         assert batch_tags["span.kind"] == "consumer" and batch_tags["messaging.operation.type"] == "process"
@@ -168,9 +170,11 @@ def test_a_postback_spooled_while_the_broker_is_paused_is_traced_when_forwarded(
 
         trace = jaeger.wait_for_trace(trace_id, forwarded, timeout=90)
     sends = [(tags, span) for _, operation, tags, span in spans_by(trace) if operation == "send pass-postbacks.v1"]
-    [(_, spooling)] = [(tags, span) for tags, span in sends if not tags.get("passpost.spool.forwarded")]
+    [(spooling_tags, spooling)] = [(tags, span) for tags, span in sends if not tags.get("passpost.spool.forwarded")]
     [(forward_tags, forward)] = [(tags, span) for tags, span in sends if tags.get("passpost.spool.forwarded")]
-    assert forward_tags["span.kind"] == "producer"
+    # The trace reads: answered 200 from the spool, sent to Kafka later, and where it went.
+    assert spooling_tags["passpost.spooled"] is True and "messaging.kafka.offset" not in spooling_tags
+    assert forward_tags["span.kind"] == "producer" and forward_tags["messaging.kafka.offset"] >= 0
     # In the request's trace, linked to the span the record was spooled under, which the record still names.
     assert forward["traceID"] == spooling["traceID"] == trace_id
     assert [ref["spanID"] for ref in forward["references"]] == [spooling["spanID"]]
