@@ -268,3 +268,23 @@ def test_log_lines_inside_a_span_name_it() -> None:
             text = TextFormatter().format(record)
     assert line["trace_id"] == f"{context.trace_id:032x}" and line["span_id"] == f"{context.span_id:016x}"
     assert text.endswith(f"trace={context.trace_id:032x} span={context.span_id:016x}")
+
+
+def test_the_request_latency_names_its_trace_to_an_openmetrics_scrape(kafka_bootstrap: str) -> None:
+    suffix = uuid.uuid4().hex[:10]
+    settings = settings_module.defaults().replace(
+        kafka_bootstrap_servers=kafka_bootstrap, events_topic=f"exemplar-events-{suffix}",
+        dead_letter_topic=f"exemplar-dlq-{suffix}", ingest_tokens=(TOKEN,))
+    create_topics(kafka_bootstrap, [settings.events_topic, settings.dead_letter_topic])
+    trace_id, _, traceparent = caller_context()
+    with tracing.record_spans() as spans, TestClient(create_app(settings)) as client:
+        response = client.post("/postbacks/passes", content=postback("EXEMPLAR-1", "N801"),
+                               headers={"Authorization": f"Bearer {TOKEN}", "traceparent": traceparent})
+        assert response.status_code == 200
+        openmetrics = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        classic = client.get("/metrics")
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert any(line.startswith("passpost_http_request_duration_seconds_bucket") and f'trace_id="{trace_id}"' in line
+               for line in openmetrics.text.splitlines())
+    assert classic.headers["content-type"].startswith("text/plain") and "trace_id" not in classic.text
+    assert {span.name for span in spans} >= {"POST /postbacks/passes", f"send {settings.events_topic}"}
