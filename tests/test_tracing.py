@@ -206,17 +206,19 @@ def test_with_tracing_off_no_span_is_made_and_no_exporter_thread_runs(kafka_boot
     assert "traceparent" not in dict(record.headers)  # nothing made, nothing passed on
 
 
-def test_the_runtime_gives_any_consumer_a_batch_span_with_its_sink_under_it(kafka_bootstrap: str,
-                                                                           tmp_path: Path) -> None:
-    settings = testing.settings_for(kafka_bootstrap, analytics_dsn=f"duckdb:///{tmp_path / 'a.duckdb'}")
+@pytest.mark.parametrize("store", ["duckdb", "postgresql"])
+def test_the_runtime_gives_any_consumer_a_batch_span_with_its_sink_under_it(
+        kafka_bootstrap: str, tmp_path: Path, store: str, request: pytest.FixtureRequest) -> None:
+    dsn = f"duckdb:///{tmp_path / 'a.duckdb'}" if store == "duckdb" else request.getfixturevalue("postgres_dsn")
+    settings = testing.settings_for(kafka_bootstrap, analytics_dsn=dsn)
     testing.produce(settings, [testing.event(), testing.event(), b"not avro"])
     result = testing.consume(AnalyticsConsumer(settings), settings, trace=True)
     [batch] = result.batch_spans()
     assert batch.attributes["messaging.batch.message_count"] == 3  # the undecodable one included
     assert sorted(span.name for span in result.children_of(batch)) == [
-        "INSERT duckdb", "send pass-postbacks.dlq.analytics.v1"]
-    [insert] = [span for span in result.children_of(batch) if span.name == "INSERT duckdb"]
-    assert insert.attributes["passpost.rows"] == 2
+        f"INSERT {store}", "send pass-postbacks.dlq.analytics.v1"]
+    [insert] = [span for span in result.children_of(batch) if span.name == f"INSERT {store}"]
+    assert insert.attributes["passpost.rows"] == 2 and insert.attributes["db.system.name"] == store
 
 
 def test_grpc_protocol_and_the_service_name_come_from_the_otel_variables(
