@@ -290,3 +290,23 @@ def test_the_request_latency_names_its_trace_to_an_openmetrics_scrape(kafka_boot
                for line in openmetrics.text.splitlines())
     assert classic.headers["content-type"].startswith("text/plain") and "trace_id" not in classic.text
     assert {span.name for span in spans} >= {"POST /postbacks/passes", f"send {settings.events_topic}"}
+
+
+def test_a_refused_postback_names_its_refusal_and_its_dead_letter_carries_the_trace(kafka_bootstrap: str) -> None:
+    suffix = uuid.uuid4().hex[:10]
+    settings = settings_module.defaults().replace(
+        kafka_bootstrap_servers=kafka_bootstrap, events_topic=f"refused-events-{suffix}",
+        dead_letter_topic=f"refused-dlq-{suffix}", ingest_tokens=(TOKEN,))
+    create_topics(kafka_bootstrap, [settings.events_topic, settings.dead_letter_topic])
+    trace_id, _, traceparent = caller_context()
+    with tracing.record_spans() as spans, TestClient(create_app(settings)) as client:
+        response = client.post("/postbacks/passes", content=b"<not xml",
+                               headers={"Authorization": f"Bearer {TOKEN}", "traceparent": traceparent})
+    assert response.status_code == 400
+    [server] = [span for span in spans if span.name == "POST /postbacks/passes"]
+    assert server.attributes["error.type"] == response.json()["error"]
+    assert server.attributes["http.response.status_code"] == 400
+    [send] = [span for span in spans if span.name == f"send {settings.dead_letter_topic}"]
+    assert send.parent is not None and send.parent.span_id == server.context.span_id
+    [letter] = read_all(kafka_bootstrap, settings.dead_letter_topic, expected=1)
+    assert dict(letter.headers)["traceparent"] == f"00-{trace_id}-{send.context.span_id:016x}-01".encode()
