@@ -114,13 +114,25 @@ async def serve(settings: Settings, sock: socket.socket | None = None) -> None:
     publisher = publisher_for(settings, Publisher(settings, metrics), metrics.registry)
     await publisher.start()
     app = create_app(settings, publisher, metrics)
-    config = uvicorn_config(app, settings, metrics)
     ingress = app.state.ingress
-    _tune_garbage_collector()
 
     def start_draining() -> None:
         ingress.draining = True
 
+    if settings.server == "protocol":
+        from passpost.ingest.protocol import ProtocolServer
+
+        own = ProtocolServer(app, ingress, ConnectionLimits.from_settings(settings), metrics,
+                             asyncio.get_running_loop())
+        _tune_garbage_collector()
+        try:
+            await own.serve(sock, settings.shutdown_timeout_seconds, on_exit=[start_draining])
+        finally:
+            ingress.draining = True
+            await ingress.publisher.stop()
+        return
+    config = uvicorn_config(app, settings, metrics)
+    _tune_garbage_collector()
     await IngressServer(config, on_exit=[start_draining]).serve(sockets=[sock])
 
 
