@@ -514,6 +514,8 @@ class ProtocolServer:
         server = await self.loop.create_server(lambda: Connection(self), sock=sock, backlog=2048)
         name = sock.getsockname()
         self.sockname = (str(name[0]), int(name[1]))
+        # The line uvicorn writes once it listens: scripts and `passpost dev`'s users wait for it.
+        log.info("Application startup complete: listening on http://%s:%d", *self.sockname)
         try:
             await stop.wait()
         finally:

@@ -1,9 +1,11 @@
-"""Running the ingress under uvicorn, with the shutdown Kubernetes expects.
+"""Running the ingress, with the shutdown Kubernetes expects: on its own server
+(``PASSPOST_SERVER=protocol``, the default, ``ingest/protocol.py``) or under uvicorn.
 
-On SIGTERM: ``/readyz`` turns 503 at once, uvicorn stops accepting connections and lets
-in-flight requests finish (up to ``shutdown_timeout_seconds``), then the app's lifespan
-flushes and closes the producer. The producer is started before the server listens, so
-an unreachable Kafka is a one-line error at start-up rather than a traceback.
+On SIGTERM: ``/readyz`` turns 503 at once, the server stops accepting connections and lets
+in-flight requests finish (up to ``shutdown_timeout_seconds``), then the producer is flushed
+and closed (by ``serve`` on the own server, by the app's lifespan under uvicorn). The
+producer is started before the server listens, so an unreachable Kafka is a one-line error
+at start-up rather than a traceback.
 """
 
 from __future__ import annotations
