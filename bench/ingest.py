@@ -8,7 +8,7 @@ What one run does (see BENCHMARKS.md for the figures measured so far):
 2. starts a local Kafka broker (``passpost_dev.kafka``), or uses the one named by
    ``PASSPOST_KAFKA_BOOTSTRAP_SERVERS``, and creates fresh, empty events and
    dead-letter topics for this run;
-3. runs ``passpost serve`` as one process (uvicorn, httptools, uvloop, one worker, logs
+3. runs ``passpost serve`` as one process (its own server over httptools, uvloop, one worker, logs
    as the production overlay writes them: JSON at info, an access line per request) with
    a generated token, waits for ``/readyz``, warms it up, then drives it with wrk for
    ``--duration`` seconds at ``--connections`` connections, each request posting the

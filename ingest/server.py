@@ -1,9 +1,11 @@
-"""Running the ingress under uvicorn, with the shutdown Kubernetes expects.
+"""Running the ingress, with the shutdown Kubernetes expects: on its own server
+(``PASSPOST_SERVER=protocol``, the default, ``ingest/protocol.py``) or under uvicorn.
 
-On SIGTERM: ``/readyz`` turns 503 at once, uvicorn stops accepting connections and lets
-in-flight requests finish (up to ``shutdown_timeout_seconds``), then the app's lifespan
-flushes and closes the producer. The producer is started before the server listens, so
-an unreachable Kafka is a one-line error at start-up rather than a traceback.
+On SIGTERM: ``/readyz`` turns 503 at once, the server stops accepting connections and lets
+in-flight requests finish (up to ``shutdown_timeout_seconds``), then the producer is flushed
+and closed (by ``serve`` on the own server, by the app's lifespan under uvicorn). The
+producer is started before the server listens, so an unreachable Kafka is a one-line error
+at start-up rather than a traceback.
 """
 
 from __future__ import annotations
@@ -114,13 +116,25 @@ async def serve(settings: Settings, sock: socket.socket | None = None) -> None:
     publisher = publisher_for(settings, Publisher(settings, metrics), metrics.registry)
     await publisher.start()
     app = create_app(settings, publisher, metrics)
-    config = uvicorn_config(app, settings, metrics)
     ingress = app.state.ingress
-    _tune_garbage_collector()
 
     def start_draining() -> None:
         ingress.draining = True
 
+    if settings.server == "protocol":
+        from passpost.ingest.protocol import ProtocolServer
+
+        own = ProtocolServer(app, ingress, ConnectionLimits.from_settings(settings), metrics,
+                             asyncio.get_running_loop())
+        _tune_garbage_collector()
+        try:
+            await own.serve(sock, settings.shutdown_timeout_seconds, on_exit=[start_draining])
+        finally:
+            ingress.draining = True
+            await ingress.publisher.stop()
+        return
+    config = uvicorn_config(app, settings, metrics)
+    _tune_garbage_collector()
     await IngressServer(config, on_exit=[start_draining]).serve(sockets=[sock])
 
 

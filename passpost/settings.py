@@ -311,6 +311,11 @@ class IngressSettings(_Component):
         "Processes of `passpost serve` on its one port (each with its own Kafka producer; one `/metrics` adds "
         "them up). One per core; not with `PASSPOST_SPOOL_DIR`.")
     port: int = _declare(_port, 8000, "Port `passpost serve` listens on.")
+    server: str = _declare(
+        _choice("protocol", "uvicorn"), "protocol",
+        "HTTP server of `passpost serve`: `protocol`, the ingress's own `asyncio.Protocol` over httptools that "
+        "takes `POST /postbacks/passes` past ASGI (BENCHMARKS.md, issue 22), or `uvicorn` (httptools, ASGI); "
+        "the same connection limits either way.")
     ingest_tokens: tuple[str, ...] = _declare(
         _tokens, (), "Accepted ingest tokens, comma-separated; several at once allow rotation.", secret=True)
     ingest_open: bool = _declare(_boolean, False, "Run the ingress without any token (refused unless set to true).")

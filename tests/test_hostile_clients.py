@@ -89,11 +89,15 @@ def error_of(response: bytes) -> str:
     return json.loads(response.split(b"\r\n\r\n", 1)[1])["error"]
 
 
-@pytest.fixture(scope="module")
-def server(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+# Every case runs against both servers of PASSPOST_SERVER: uvicorn with ingest/connection.py's
+# protocol, and the ingress's own (ingest/protocol.py, issue 22).
+@pytest.fixture(scope="module", params=["uvicorn", "protocol"])
+def server(request: pytest.FixtureRequest, kafka_bootstrap: str,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     events, dead = unique_topic("hostile-events"), unique_topic("hostile-dlq")
     create_topics(kafka_bootstrap, [events, dead])
-    env = {"PASSPOST_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "PASSPOST_INGEST_TOKENS": TOKEN,
+    env = {"PASSPOST_SERVER": request.param,
+           "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "PASSPOST_INGEST_TOKENS": TOKEN,
            "PASSPOST_EVENTS_TOPIC": events, "PASSPOST_DEAD_LETTER_TOPIC": dead,
            "PASSPOST_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT), "PASSPOST_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
            "PASSPOST_MAX_CONNECTIONS": str(MAX_CONNECTIONS)}

@@ -37,10 +37,11 @@ def test_readiness_turns_503_once_draining(kafka_bootstrap: str) -> None:
         assert client.get("/healthz").status_code == 200
 
 
-def test_sigterm_finishes_the_request_in_flight_then_exits_0(kafka_bootstrap: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("server", ["uvicorn", "protocol"])
+def test_sigterm_finishes_the_request_in_flight_then_exits_0(kafka_bootstrap: str, tmp_path: Path, server: str) -> None:
     events, dead = unique_topic("events"), unique_topic("dlq")
     create_topics(kafka_bootstrap, [events, dead])
-    env = {"PASSPOST_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "PASSPOST_INGEST_TOKENS": TOKEN,
+    env = {"PASSPOST_SERVER": server, "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "PASSPOST_INGEST_TOKENS": TOKEN,
            "PASSPOST_EVENTS_TOPIC": events, "PASSPOST_DEAD_LETTER_TOPIC": dead}
     with live_ingress(env, tmp_path / "serve.log") as ingress:
         process, url = ingress.process, ingress.url

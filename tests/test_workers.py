@@ -51,10 +51,12 @@ def post_many(ingress: LiveIngress, count: int) -> list[int]:
         return list(pool.map(post, range(count)))
 
 
-def test_two_workers_share_the_port_and_one_metrics_adds_them_up(kafka_bootstrap: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("server", ["uvicorn", "protocol"])
+def test_two_workers_share_the_port_and_one_metrics_adds_them_up(kafka_bootstrap: str, tmp_path: Path,
+                                                                 server: str) -> None:
     events, dead = unique_topic("workers-events"), unique_topic("workers-dlq")
     create_topics(kafka_bootstrap, [events, dead])
-    with live_ingress(env_for(kafka_bootstrap, events, dead), tmp_path / "serve.log") as ingress:
+    with live_ingress(env_for(kafka_bootstrap, events, dead, PASSPOST_SERVER=server), tmp_path / "serve.log") as ingress:
         workers = workers_of(ingress.process.pid)
         assert len(workers) == 2
         before = {pid: cpu_ticks(pid) for pid in workers}
