@@ -94,7 +94,7 @@ class Answer:
                    log_fields={"events": len(event_ids)})
 
 
-_INTERNAL_ERROR = Refusal(500, "internal_error", "The ingress failed to handle the request; nothing was acknowledged.")
+INTERNAL_ERROR = Refusal(500, "internal_error", "The ingress failed to handle the request; nothing was acknowledged.")
 _UNAUTHORIZED = Refusal(401, "unauthorized", "A valid token is required: ?token=, a Bearer token or a Basic password.",
                         (("WWW-Authenticate", 'Bearer realm="passpost", Basic realm="passpost"'),))
 _DISCONNECTED = Refusal(400, "client_disconnected", "The client went away before sending the whole body.")
@@ -117,6 +117,15 @@ class Ingress:
             await self.publisher.publish(topic, records)
         else:  # a PRODUCER span per record, its context in the record's headers
             await publish_traced(tracer, self.publisher.publish, topic, records, event_ids)
+
+    async def answer_postback(self, scope: Scope, receive: Receive, request_id: str) -> Answer:
+        """``receive_postback``, with a bug of its own answered as a JSON 500 (and its traceback
+        logged): what either server (``PostbackEndpoint``, ``ingest/protocol.py``) sends."""
+        try:
+            return await self.receive_postback(scope, receive, request_id)
+        except Exception:  # a bug, not the client's doing
+            log.exception("the postback route failed (request_id %s)", request_id)
+            return Answer.refusal(INTERNAL_ERROR)
 
     async def receive_postback(self, scope: Scope, receive: Receive, request_id: str) -> Answer:
         """``POST /postbacks/passes``, as a plain ASGI endpoint (see ``IngressApp``)."""
@@ -249,11 +258,7 @@ class PostbackEndpoint:
         """Answer; the status and refusal code, for the request's span."""
         started = time.perf_counter()
         request_id = request_id_of(scope)
-        try:
-            answer = await self.ingress.receive_postback(scope, receive, request_id)
-        except Exception:  # a bug, not the client's doing: a JSON 500 like every other answer, and the traceback
-            log.exception("the postback route failed (request_id %s)", request_id)
-            answer = Answer.refusal(_INTERNAL_ERROR)
+        answer = await self.ingress.answer_postback(scope, receive, request_id)
         try:
             await send({"type": "http.response.start", "status": answer.status,
                         "headers": [*answer.headers, (b"x-request-id", request_id.encode())]})

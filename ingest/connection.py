@@ -70,7 +70,7 @@ class _Refused(Exception):
         self.refusal = refusal
 
 
-def _refusals(limits: ConnectionLimits) -> dict[str, Refusal]:
+def refusals_for(limits: ConnectionLimits) -> dict[str, Refusal]:
     return {
         "uri_too_long": Refusal(414, "uri_too_long",
                                 f"The request line exceeds {limits.request_line_bytes} bytes."),
@@ -118,7 +118,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self.limits = limits
         self.metrics = metrics
-        self.refusals = _refusals(limits)
+        self.refusals = refusals_for(limits)
         # Bytes of the head (request line + headers) that may arrive before it must be complete.
         self._head_budget = limits.request_line_bytes + limits.header_bytes
         self._in_head = True

@@ -36,12 +36,14 @@ from urllib.parse import unquote
 import httptools
 from starlette.types import Message
 
-from passpost.ingest.app import _INTERNAL_ERROR, Answer, Ingress, IngressApp
-from passpost.ingest.connection import TIMED_OUT, ConnectionLimits, _refusals
+from passpost import tracing
+from passpost.ingest.app import INTERNAL_ERROR, Answer, Ingress, IngressApp
+from passpost.ingest.connection import TIMED_OUT, ConnectionLimits, refusals_for
 from passpost.ingest.metrics import IngestMetrics
 from passpost.ingest.middleware import RequestLog, new_request_id, request_id_of
 from passpost.ingest.refusal import Refusal
 from passpost.ingest.routes import ALL_PATHS, POSTBACK_PATH
+from passpost.ingest.tracing import serve_traced
 
 access_log = logging.getLogger("passpost.access")
 log = logging.getLogger("passpost.ingest")
@@ -400,7 +402,7 @@ class ProtocolServer:
         self.limits = limits
         self.metrics = metrics
         self.loop = loop
-        self.refusals = _refusals(limits)
+        self.refusals = refusals_for(limits)
         self.requests = RequestLog(metrics, ALL_PATHS)
         self.connections: set[Connection] = set()
         self.sockname: tuple[str, int] | None = None
@@ -439,19 +441,23 @@ class ProtocolServer:
                 request.answered = True
 
     async def _postback(self, request: Request) -> None:
-        started = time.perf_counter()
         scope = request.make_scope()
         scope["app"] = self.app
+        tracer = tracing.tracer
+        if tracer is None:
+            await self._answer_postback(request, scope)
+        else:  # the same SERVER span as through uvicorn (PostbackEndpoint)
+            await serve_traced(tracer, scope, lambda: self._answer_postback(request, scope))
+
+    async def _answer_postback(self, request: Request, scope: dict[str, Any]) -> tuple[int, str | None]:
+        started = time.perf_counter()
         request_id = request_id_of(scope)
-        try:
-            answer = await self.ingress.receive_postback(scope, request.receive, request_id)
-        except Exception:  # a bug, not the client's doing: a JSON 500 like every other answer, and the traceback
-            log.exception("the postback route failed (request_id %s)", request_id)
-            answer = Answer.refusal(_INTERNAL_ERROR)
+        answer = await self.ingress.answer_postback(scope, request.receive, request_id)
         try:
             self._write(request, answer.status, answer.headers, answer.body, request_id.encode())
         finally:
             self.requests.done(scope, request_id, started, answer.status, answer.error_code, answer.log_fields)
+        return answer.status, answer.error_code
 
     def _write(self, request: Request, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
                request_id: bytes | None = None) -> None:
@@ -492,7 +498,7 @@ class ProtocolServer:
         except Exception:
             log.exception("a route failed")
             if not started:
-                answer = Answer.refusal(_INTERNAL_ERROR)
+                answer = Answer.refusal(INTERNAL_ERROR)
                 self._write(request, answer.status, answer.headers, answer.body)
 
     # -- running ---------------------------------------------------------------------------
