@@ -161,3 +161,53 @@ def test_the_catalog_uri_with_a_password_never_shows_in_a_repr() -> None:
         "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9000", "AWS_REGION": "eu-west-1"})) == json.dumps({
             "type": "sql", "uri": "postgresql+psycopg://u:secret@db/c", "warehouse": "s3://bucket/w",
             "s3.endpoint": "http://127.0.0.1:9000", "s3.region": "eu-west-1"})
+
+
+def test_maintain_compacts_small_files_and_expires_snapshots_keeping_every_needed_offset(
+        postgres_dsn: str, tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from passpost.consumers.lakehouse.maintain import data_files, expire, maintain
+
+    settings = settings_module.defaults().replace(**lakehouse_settings(postgres_dsn, tmp_path))
+    catalog = iceberg.load_catalog(settings)
+    table = iceberg.ensure_table(catalog, settings.iceberg_table)
+    offsets = iceberg.OffsetLog()
+    iceberg.commit(table, offsets, rows("t", 1, range(0, 10)), {("t", 1): 10}, {"t": "cluster/topic"})
+    for start in range(0, 50, 10):  # small commits: one file each
+        iceberg.commit(table, offsets, rows("t", 0, range(start, start + 10)), {("t", 0): start + 10}, {})
+    # Expiry alone (nothing compacted yet) keeps the snapshot that alone names partition 1 and the identity.
+    expired, kept = expire(table, datetime.now(UTC) + timedelta(minutes=1))
+    assert (expired, kept) == (4, 2)
+    assert iceberg.all_offsets(table) == ({("t", 0): 50, ("t", 1): 10}, {"t": "cluster/topic"})
+
+    assert len(data_files(table)) == 6
+    done = maintain(settings, expire_older_than=timedelta(0), now=datetime.now(UTC) + timedelta(minutes=1))
+    assert (done.partitions_compacted, done.files_before, done.files_after) == (1, 6, 1)
+    table = catalog.load_table(settings.iceberg_table)
+    assert len(table.metadata.snapshots) == 1  # the compaction's carries every offset forward
+    assert iceberg.all_offsets(table) == ({("t", 0): 50, ("t", 1): 10}, {"t": "cluster/topic"})
+    assert iceberg.OffsetLog().find(table, [("t", 0), ("t", 1), ("t", 2)]) == {("t", 0): 50, ("t", 1): 10}
+    assert table_state(settings) == (60, 60, 60)
+
+    # A consumer goes on after maintenance: its offsets come from the compaction's snapshot.
+    result = iceberg.commit(table, iceberg.OffsetLog(), rows("t", 0, range(45, 55)), {("t", 0): 55}, {})
+    assert (result.rows, result.skipped) == (5, 5)
+    assert table_state(settings) == (65, 65, 65)
+
+
+def test_report_reads_the_iceberg_table_through_the_catalog_settings(postgres_dsn: str, tmp_path: Path) -> None:
+    import os
+
+    settings = settings_module.defaults().replace(**lakehouse_settings(postgres_dsn, tmp_path))
+    table = iceberg.ensure_table(iceberg.load_catalog(settings), settings.iceberg_table)
+    failures = rows("t", 0, range(7))
+    failures["outcome"] = ["FAILURE"] * 7
+    iceberg.commit(table, iceberg.OffsetLog(), failures, {("t", 0): 7}, {})
+    env = {**os.environ, "PASSPOST_ICEBERG_CATALOG_URI": postgres_dsn,
+           "PASSPOST_ICEBERG_WAREHOUSE": str(settings.iceberg_warehouse)}
+    result = subprocess.run([sys.executable, "-m", "passpost", "report", "--store", "lakehouse"],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "7 postbacks in Iceberg table passpost.pass_postbacks" in result.stdout
+    assert "FAILURE" in result.stdout and "Latest failures" in result.stdout

@@ -309,18 +309,24 @@ def commit(table: Table, log_: OffsetLog, columns: Mapping[str, Sequence[Any]],
 
 
 def append_once(table: Table, data: pa.Table, properties: dict[str, str]) -> None:
-    """``table.append`` without PyIceberg's own retries. On a conflict PyIceberg refreshes the table and applies
-    the same append again (``commit.retry.num-retries``, 4 by default): rows another replica wrote meanwhile would
-    be written twice. A conflict must come back here, where the rows are filtered against the refreshed offsets.
-    The property is lifted only in this process's copy of the metadata: other engines' writers keep theirs."""
+    """``table.append`` without PyIceberg's own retries (see ``without_retries``)."""
+    once = without_retries(table)
+    once.append(data, snapshot_properties=properties)
+    table.metadata, table.metadata_location = once.metadata, once.metadata_location
+
+
+def without_retries(table: Table) -> Table:
+    """``table`` for one commit that PyIceberg does not retry. On a conflict PyIceberg refreshes the table and
+    applies the same change again (``commit.retry.num-retries``, 4 by default): an append would write twice rows
+    another replica wrote meanwhile, a partition overwrite would delete them. A conflict must come back to the
+    caller, which filters the rows against the refreshed offsets (or reads the partition again). The property is
+    lifted only in this process's copy of the metadata: other engines' writers keep theirs."""
     from pyiceberg.table import Table as IcebergTable
     from pyiceberg.table import TableProperties
 
     metadata = table.metadata.model_copy(update={"properties": {
         **table.metadata.properties, TableProperties.COMMIT_NUM_RETRIES: "0"}})
-    once = IcebergTable(table.name(), metadata, table.metadata_location, table.io, table.catalog)
-    once.append(data, snapshot_properties=properties)
-    table.metadata, table.metadata_location = once.metadata, once.metadata_location
+    return IcebergTable(table.name(), metadata, table.metadata_location, table.io, table.catalog)
 
 
 class CommitConflicts(Exception):
