@@ -449,7 +449,8 @@ class LakehouseSettings(_Component):
         "Longest time events wait in the lakehouse consumer before they are committed (one snapshot, one file "
         "per day partition): fewer, larger files on a quiet day.")
     iceberg_commit_rows: int = _declare(
-        _positive_int, 100_000, "Events that make the lakehouse consumer commit before `PASSPOST_ICEBERG_COMMIT_SECONDS`.")
+        _positive_int, 100_000,
+        "Events that make the lakehouse consumer commit before `PASSPOST_ICEBERG_COMMIT_SECONDS`.")
 
 
 @dataclass(frozen=True, repr=False)

@@ -63,7 +63,6 @@ def compact(table: Table, min_files: int) -> tuple[int, int]:
     """Rewrite every day partition holding ``min_files`` files or more as one file (or as few as PyArrow's
     target size makes); (data files before, partitions compacted)."""
     from pyiceberg.exceptions import CommitFailedException
-    from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
 
     files = data_files(table)
     by_day: dict[int | None, int] = {}
@@ -74,8 +73,9 @@ def compact(table: Table, min_files: int) -> tuple[int, int]:
         if count < min_files or day is None:
             continue
         start = EPOCH_DAY + timedelta(days=day)
-        row_filter = And(GreaterThanOrEqual(iceberg.PARTITION_COLUMN, start.isoformat()),
-                         LessThan(iceberg.PARTITION_COLUMN, (start + timedelta(days=1)).isoformat()))
+        column = iceberg.PARTITION_COLUMN
+        row_filter = (f"{column} >= '{start.isoformat()}' AND "
+                      f"{column} < '{(start + timedelta(days=1)).isoformat()}'")
         for attempt in range(1, ATTEMPTS + 1):
             table.refresh()
             offsets, identities = iceberg.all_offsets(table)
