@@ -16,10 +16,10 @@ import pytest
 
 pytest.importorskip("pyiceberg")
 
+from passpost import settings as settings_module  # noqa: E402
 from passpost.consumers import testing  # noqa: E402
 from passpost.consumers.lakehouse import LakehouseConsumer  # noqa: E402
 from passpost.consumers.lakehouse import table as iceberg  # noqa: E402
-from passpost import settings as settings_module  # noqa: E402
 from passpost.settings import Settings  # noqa: E402
 
 HASH_KEY = "test-hash-key"
