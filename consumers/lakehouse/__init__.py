@@ -139,6 +139,8 @@ class LakehouseConsumer(ExactlyOnceConsumer):
                     await self._commit_pending()
             except RetryLater as error:  # kept pending: the next tick or batch tries again
                 log.warning("Iceberg commit failed, will retry: %s", error)
+            except Exception as error:  # noqa: BLE001 - the next batch's write meets it and stops the consumer
+                log.error("Iceberg commit failed: %s", one_line(error))
 
     async def _commit_pending(self) -> None:
         """Commit what waits, as one snapshot. Called holding ``_lock``."""
