@@ -56,6 +56,8 @@ def test_events_land_once_with_the_reference_hashed_and_extra_as_a_map(
         assert dict(row["extra"]) == event.extra
         assert row["received_at"] == event.received_at
     assert [field.name for field in table.spec().fields] == ["received_at_day"]
+    _, identities = iceberg.all_offsets(table)
+    assert list(identities) == [settings.events_topic]  # kept with the offsets (cluster id/topic id)
     # What is in clear nowhere: not in a data file, not in the metadata.
     files = b"".join(path.read_bytes() for path in (tmp_path / "warehouse").rglob("*") if path.is_file())
     assert b"person1@example.com" not in files
@@ -211,3 +213,31 @@ def test_report_reads_the_iceberg_table_through_the_catalog_settings(postgres_ds
     assert result.returncode == 0, result.stderr
     assert "7 postbacks in Iceberg table passpost.pass_postbacks" in result.stdout
     assert "FAILURE" in result.stdout and "Latest failures" in result.stdout
+
+
+def test_offsets_of_a_re_created_topic_are_refused_like_the_other_stores_refuse_them(
+        postgres_dsn: str, tmp_path: Path) -> None:
+    import asyncio
+
+    from passpost.consumers.runtime.identity import ForeignOffsets
+    from passpost.topic_metadata import TopicIdentity
+
+    settings = settings_module.defaults().replace(**lakehouse_settings(postgres_dsn, tmp_path))
+    table = iceberg.ensure_table(iceberg.load_catalog(settings), settings.iceberg_table)
+    iceberg.commit(table, iceberg.OffsetLog(), rows("events", 0, range(3)), {("events", 0): 3},
+                   {"events": "cluster-1/topic-old"})
+
+    async def check(identity: TopicIdentity) -> None:
+        consumer = LakehouseConsumer(settings)
+        await consumer.start()
+        try:
+            await consumer.check_topic("events", identity)
+        finally:
+            consumer.stopping.set()
+            await consumer.close()
+
+    asyncio.run(check(TopicIdentity("cluster-1", "topic-old")))  # the same topic: its offsets hold
+    with pytest.raises(ForeignOffsets, match="deleted and re-created"):
+        asyncio.run(check(TopicIdentity("cluster-1", "topic-new")))
+    with pytest.raises(ForeignOffsets, match="another Kafka cluster"):
+        asyncio.run(check(TopicIdentity("cluster-2", "topic-old")))
