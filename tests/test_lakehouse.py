@@ -162,7 +162,8 @@ def test_the_catalog_uri_with_a_password_never_shows_in_a_repr() -> None:
     assert json.dumps(iceberg.catalog_properties(settings.replace(iceberg_warehouse="s3://bucket/w"), {
         "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9000", "AWS_REGION": "eu-west-1"})) == json.dumps({
             "type": "sql", "uri": "postgresql+psycopg://u:secret@db/c", "warehouse": "s3://bucket/w",
-            "s3.endpoint": "http://127.0.0.1:9000", "s3.region": "eu-west-1"})
+            "s3.endpoint": "http://127.0.0.1:9000", "s3.force-virtual-addressing": "false",
+            "s3.region": "eu-west-1"})
 
 
 def test_maintain_compacts_small_files_and_expires_snapshots_keeping_every_needed_offset(

@@ -85,6 +85,10 @@ def catalog_properties(settings: Settings, environ: Mapping[str, str] | None = N
     endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         properties["s3.endpoint"] = endpoint
+        # An S3-compatible store at an endpoint of its own takes the bucket in the path (MinIO, Ceph, moto):
+        # PyArrow's default, the bucket in the host name, is AWS's. PYICEBERG_CATALOG__<NAME>__S3__FORCE-VIRTUAL-
+        # ADDRESSING=true restores it.
+        properties["s3.force-virtual-addressing"] = "false"
     region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
     if region:
         properties["s3.region"] = region
