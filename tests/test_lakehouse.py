@@ -242,3 +242,20 @@ def test_offsets_of_a_re_created_topic_are_refused_like_the_other_stores_refuse_
         asyncio.run(check(TopicIdentity("cluster-1", "topic-new")))
     with pytest.raises(ForeignOffsets, match="another Kafka cluster"):
         asyncio.run(check(TopicIdentity("cluster-2", "topic-old")))
+
+
+def test_passpost_lakehouse_maintain_from_the_command_line(postgres_dsn: str, tmp_path: Path) -> None:
+    import os
+
+    settings = settings_module.defaults().replace(**lakehouse_settings(postgres_dsn, tmp_path))
+    table = iceberg.ensure_table(iceberg.load_catalog(settings), settings.iceberg_table)
+    offsets = iceberg.OffsetLog()
+    for start in range(0, 30, 10):
+        iceberg.commit(table, offsets, rows("t", 0, range(start, start + 10)), {("t", 0): start + 10}, {})
+    env = {**os.environ, "PASSPOST_ICEBERG_CATALOG_URI": postgres_dsn,
+           "PASSPOST_ICEBERG_WAREHOUSE": str(settings.iceberg_warehouse)}
+    result = subprocess.run([sys.executable, "-m", "passpost", "lakehouse", "maintain", "--expire-older-than-hours",
+                             "0"], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("compacted 1 day partition(s): 3 data files -> 1; expired "), result.stdout
+    assert table_state(settings) == (30, 30, 30)
