@@ -41,25 +41,31 @@ def test_the_component_validates_like_the_overlays(with_lakehouse: list[dict[str
     deploy.test_custom_resources_match_their_crd_field_schemas(with_lakehouse)
     deploy.test_every_container_is_locked_down(with_lakehouse)
     deploy.test_every_workload_has_its_own_service_account_without_a_token(with_lakehouse)
-    deploy.test_probes_point_at_the_health_endpoints(with_lakehouse)
+    # The maintenance CronJob serves nothing: only the Deployments have probes.
+    deploy.test_probes_point_at_the_health_endpoints(deploy.of_kind(with_lakehouse, "Deployment"))
 
 
 def test_every_variable_is_a_setting_with_a_valid_value_and_credentials_are_secrets(
         with_lakehouse: list[dict[str, Any]]) -> None:
     declared = {setting.env: setting for setting in deploy.settings_module.SETTINGS}
-    container = deploy.pod_spec(lakehouse(with_lakehouse))["containers"][0]
-    assert container["args"] == ["consume", "lakehouse"]
-    env = {entry["name"]: entry for entry in container["env"]}
-    for name, entry in env.items():
-        if name.startswith("AWS_"):
-            assert "valueFrom" in entry and entry["valueFrom"]["secretKeyRef"]["optional"] is True, name
-            continue
-        assert name in declared or name in deploy.DECIDED_SETTINGS, name
-        if name in declared and "value" in entry:
-            declared[name].parse(entry["value"])
-    for secret in ("PASSPOST_ICEBERG_CATALOG_URI", "PASSPOST_ANALYTICS_HASH_KEY", "PASSPOST_KAFKA_SASL_PASSWORD",
-                   "AWS_SECRET_ACCESS_KEY"):
-        assert env[secret]["valueFrom"]["secretKeyRef"]["name"], secret  # never a literal value
+    consumer = deploy.pod_spec(lakehouse(with_lakehouse))["containers"][0]
+    maintain = deploy.pod_spec(deploy.named(with_lakehouse, "CronJob", "passpost-lakehouse-maintain"))["containers"][0]
+    assert consumer["args"] == ["consume", "lakehouse"] and maintain["args"] == ["lakehouse", "maintain"]
+    for container in (consumer, maintain):
+        env = deploy.container_env(with_lakehouse, container)
+        for name, value in env.items():
+            if name.startswith("AWS_"):
+                assert value["secretKeyRef"]["optional"] is True, name  # none with vended credentials
+                continue
+            assert name in declared or name in deploy.DECIDED_SETTINGS, name
+            if name in declared and isinstance(value, str) and not name.endswith("_FILE"):  # files: in the pod
+                declared[name].parse(value)
+        assert env["PASSPOST_ICEBERG_WAREHOUSE"].startswith("s3://")
+        for secret in ("PASSPOST_ICEBERG_CATALOG_URI", "AWS_SECRET_ACCESS_KEY"):
+            assert env[secret]["secretKeyRef"]["name"], secret  # never a literal value
+    env = deploy.container_env(with_lakehouse, consumer)
+    for secret in ("PASSPOST_ANALYTICS_HASH_KEY", "PASSPOST_KAFKA_SASL_PASSWORD"):
+        assert env[secret]["secretKeyRef"]["name"], secret
     readme = (deploy.DEPLOY / "README.md").read_text()
     assert "create secret generic passpost-lakehouse " in readme
 
