@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml devkit/pyproject.toml
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test]' -e devkit
+	$(BIN)/python -m pip install --quiet -e '.[test,lakehouse]' -e devkit
 	touch $(TEST_STAMP)
 
 kafka-jars: $(STAMP)

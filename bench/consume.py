@@ -1,7 +1,12 @@
 """The consumer benchmark: `passpost consume analytics` draining a backlog into DuckDB and PostgreSQL.
 
     python -m bench.consume [--events 1000000] [--partitions 6] [--skip-postgres] [--skip-duckdb]
-                            [--passpost [LABEL=]PATH ...] [--rounds N] [--tracing]
+                            [--lakehouse] [--passpost [LABEL=]PATH ...] [--rounds N] [--tracing]
+
+``--lakehouse`` adds `passpost consume lakehouse` (needs passpost[lakehouse]) draining the same backlog into
+an Iceberg table: a SQL catalog on the benchmark's PostgreSQL (SQLite with ``--skip-postgres``) and a file
+warehouse, committing every 100,000 events and at most 1 s after the last batch; its rate runs until the
+table's snapshot offsets cover the backlog (the events the consumer was handed are not yet in the table).
 
 What one run does (figures in BENCHMARKS.md):
 
@@ -126,12 +131,12 @@ async def bare_loop(bootstrap: str, topic: str, events: int) -> tuple[float, flo
     return count / elapsed, cpu / (count - first)
 
 
-def metric(port: int, name: str) -> float:
+def metric(port: int, name: str, consumer: str = "analytics") -> float:
     try:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
     except httpx.HTTPError:
         return -1.0
-    match = re.search(rf'^{name}{{consumer="analytics"}} (\S+)$', text, re.MULTILINE)
+    match = re.search(rf'^{name}{{consumer="{consumer}"}} (\S+)$', text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
 
@@ -142,18 +147,53 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+class Lakehouse:
+    """The Iceberg table a lakehouse drain writes: its catalog URI stands for the store's DSN."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+
+    def env(self, catalog_uri: str) -> dict[str, str]:
+        return {"PASSPOST_ICEBERG_CATALOG_URI": catalog_uri,
+                "PASSPOST_ICEBERG_WAREHOUSE": f"file://{self.work}/warehouse-{abs(hash(catalog_uri))}",
+                "PASSPOST_ANALYTICS_HASH_KEY": "bench-key", "PASSPOST_ICEBERG_COMMIT_SECONDS": "1"}
+
+    def rows(self, catalog_uri: str) -> int:
+        """Events the table's snapshot offsets cover (the runtime's records: every one an event here)."""
+        from passpost.consumers.lakehouse import table as iceberg
+
+        settings = settings_module.defaults().replace(
+            iceberg_catalog_uri=catalog_uri, iceberg_warehouse=self.env(catalog_uri)["PASSPOST_ICEBERG_WAREHOUSE"])
+        try:
+            table = iceberg.load_catalog(settings).load_table(settings.iceberg_table)
+        except Exception:  # noqa: BLE001 - not created yet
+            return 0
+        return sum(iceberg.all_offsets(table)[0].values())
+
+    def count(self, catalog_uri: str) -> int:
+        from passpost.consumers.lakehouse import table as iceberg
+
+        settings = settings_module.defaults().replace(
+            iceberg_catalog_uri=catalog_uri, iceberg_warehouse=self.env(catalog_uri)["PASSPOST_ICEBERG_WAREHOUSE"])
+        table = iceberg.load_catalog(settings).load_table(settings.iceberg_table)
+        return int(table.scan(selected_fields=("event_id",)).to_arrow().num_rows)
+
+
 def drain(command: list[str], bootstrap: str, topic: str, dsn: str, events: int,
-          log: Path, extra_env: dict[str, str] | None = None) -> tuple[float, float, float]:
+          log: Path, extra_env: dict[str, str] | None = None,
+          lakehouse: Lakehouse | None = None) -> tuple[float, float, float]:
     port = free_port()
+    consumer = "analytics" if lakehouse is None else "lakehouse"
     env = {**{key: value for key, value in os.environ.items() if not key.startswith("OTEL_")},
            "PASSPOST_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PASSPOST_EVENTS_TOPIC": topic,
            "PASSPOST_CONSUMER_GROUP": f"bench-{uuid.uuid4().hex[:8]}", "PASSPOST_ANALYTICS_DSN": dsn,
-           "PASSPOST_CONSUMER_PORT": str(port), "PASSPOST_LOG_LEVEL": "warning", **(extra_env or {})}
+           "PASSPOST_CONSUMER_PORT": str(port), "PASSPOST_LOG_LEVEL": "warning",
+           **(lakehouse.env(dsn) if lakehouse is not None else {}), **(extra_env or {})}
     with log.open("wb") as sink:
-        process = subprocess.Popen([*command, "consume", "analytics"], env=env, stdout=sink, stderr=sink)
+        process = subprocess.Popen([*command, "consume", consumer], env=env, stdout=sink, stderr=sink)
     try:
         started = None
-        while (done := metric(port, "passpost_consumer_events_total")) < events:
+        while (done := metric(port, "passpost_consumer_events_total", consumer)) < events:
             if process.poll() is not None:
                 raise SystemExit(f"consumer exited:\n{log.read_text()}")
             if started is None and done > 0:
@@ -164,11 +204,19 @@ def drain(command: list[str], bootstrap: str, topic: str, dsn: str, events: int,
             time.sleep(0.05 if done <= 0 or done > 0.9 * events else 0.5)
         if started is None:
             raise SystemExit("the consumer drained the backlog before its first batch was seen: more --events")
+        while lakehouse is not None and lakehouse.rows(dsn) < events:  # handed over, not yet committed
+            if process.poll() is not None:
+                raise SystemExit(f"consumer exited:\n{log.read_text()}")
+            time.sleep(0.1)
         elapsed = time.perf_counter() - (started or 0)
         cpu = cpu_seconds(process.pid) - cpu
         rss = peak_rss_mib(process.pid)
     finally:
         stop(process, timeout=60)
+    if lakehouse is not None:
+        rows = lakehouse.count(dsn)
+        assert rows == events, f"the Iceberg table: {rows} rows, expected {events}"
+        return (events - first) / elapsed, rss, cpu / (events - first)
     store = open_store(dsn)
     try:
         assert store.count() == events, f"{dsn}: {store.count()} rows, expected {events}"
@@ -199,6 +247,8 @@ def main() -> int:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--skip-duckdb", action="store_true")
+    parser.add_argument("--lakehouse", action="store_true",
+                        help="also `passpost consume lakehouse` into an Iceberg table (needs passpost[lakehouse])")
     parser.add_argument("--passpost", type=passpost_option, action="append", metavar="[LABEL=]PATH",
                         help="the passpost executable run as the consumer (default: this installation's); "
                              "repeat it to measure several installations in turn")
@@ -236,11 +286,16 @@ def main() -> int:
             stack.callback(server.cleanup)
 
         stores: list[tuple[str, Callable[[], str], Callable[[str], None]]] = []
+        lakehouse = Lakehouse(work) if args.lakehouse else None
         if not args.skip_duckdb:
             stores.append(("DuckDB", lambda: f"duckdb:///{work}/analytics-{uuid.uuid4().hex[:8]}.duckdb",
                            lambda dsn: Path(dsn.removeprefix("duckdb:///")).unlink()))
         if server is not None:
             stores.append(("PostgreSQL", server.create_database, lambda dsn: drop_database(server.dsn, dsn)))
+        if lakehouse is not None:
+            # The catalog's tables in a database of their own (SQLite without the server); the warehouse in work.
+            stores.append(("Iceberg", server.create_database if server is not None else
+                           lambda: f"sqlite:///{work}/catalog-{uuid.uuid4().hex[:8]}.db", lambda dsn: None))
         for round_ in range(1, args.rounds + 1):
             suffix = f" (round {round_})" if args.rounds > 1 else ""
             bare, cpu = asyncio.run(bare_loop(bootstrap, topic, args.events))
@@ -252,8 +307,11 @@ def main() -> int:
                 for number, (label, command, extra_env) in enumerate(consumers if round_ % 2 else consumers[::-1]):
                     dsn = new_dsn()
                     rate, peak, cpu = drain(command, bootstrap, topic, dsn, args.events,
-                                            work / f"{store.lower()}-{round_}-{number}.log", extra_env)
+                                            work / f"{store.lower()}-{round_}-{number}.log", extra_env,
+                                            lakehouse if store == "Iceberg" else None)
                     remove(dsn)
+                    if store == "Iceberg":
+                        label = label.replace("consume analytics", "consume lakehouse")
                     rows.append((f"{label}, {store}{suffix}", rate, peak, cpu, bare))
                     print(f"{label}, {store}{suffix}: {rate:,.0f} events/s ({rate / bare:.2f} of the bare loop), "
                           f"peak RSS {peak:.0f} MiB, {cpu * 1e6:.1f} us CPU an event", flush=True)

@@ -179,12 +179,48 @@ def rebuild(name: str) -> None:
 
 
 @cli.command()
-def report() -> None:
-    """Summarise what the analytics store holds: totals, the last 24 hours, the latest failures."""
+@click.option("--store", type=click.Choice(["analytics", "lakehouse", "all"]),
+              help="Which to summarise [default: the analytics store, and the Iceberg table too when "
+                   "PASSPOST_ICEBERG_CATALOG_URI is set].")
+def report(store: str | None) -> None:
+    """Summarise what the analytics store (and the Iceberg table) holds: totals, the last 24 hours, failures."""
     settings = _settings()
     from passpost.consumers.analytics.report import print_report
 
-    print_report(settings)
+    store = store or ("all" if settings.iceberg_catalog_uri is not None else "analytics")
+    if store in {"analytics", "all"}:
+        print_report(settings)
+    if store in {"lakehouse", "all"}:
+        from datetime import UTC, datetime
+
+        from passpost.consumers.analytics.report import print_summary, report_console
+        from passpost.consumers.lakehouse import report as lakehouse_report
+
+        summary = lakehouse_report.read_summary(settings, datetime.now(UTC))
+        print_summary(summary, lakehouse_report.where(settings), report_console())
+
+
+@cli.group()
+def lakehouse() -> None:
+    """The Iceberg table of `passpost consume lakehouse` (PASSPOST_ICEBERG_*; needs passpost[lakehouse])."""
+
+
+@lakehouse.command("maintain")
+@click.option("--min-files", type=click.IntRange(2), default=2, show_default=True,
+              help="Compact a day partition holding at least this many data files into one.")
+@click.option("--expire-older-than-hours", type=click.FloatRange(0), default=24.0, show_default=True,
+              help="Expire snapshots older than this, except those holding offsets still needed.")
+def lakehouse_maintain(min_files: int, expire_older_than_hours: float) -> None:
+    """Compact small files and expire old snapshots of the Iceberg table, keeping every needed offset."""
+    settings = _settings()
+    from datetime import timedelta
+
+    from passpost.consumers.lakehouse.maintain import maintain
+    from passpost.consumers.lakehouse.table import require_extra
+
+    require_extra()
+    done = maintain(settings, min_files=min_files, expire_older_than=timedelta(hours=expire_older_than_hours))
+    click.echo(done.summary())
 
 
 @cli.group()

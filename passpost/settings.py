@@ -153,6 +153,40 @@ def _analytics_dsn(raw: str) -> str:
     return value
 
 
+def _iceberg_catalog_uri(raw: str) -> str:
+    value = _string(raw)
+    scheme = value.partition("://")[0].lower()
+    if scheme not in {"sqlite", "postgresql", "postgres", "postgresql+psycopg", "http", "https"}:
+        # Not the value: a catalog URI may hold a password.
+        raise ValueError(f"{scheme!r} is not a supported catalog (use sqlite:///path, postgresql://... or an "
+                         "Iceberg REST catalog https://...)")
+    if scheme == "sqlite" and not value.startswith("sqlite:///"):
+        raise ValueError("a SQLite catalog is sqlite:///path (three slashes, then the file)")
+    return value
+
+
+def _iceberg_warehouse(raw: str) -> str:
+    value = _string(raw)
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme == "file" and parts.path.startswith("/") and not parts.netloc:
+        return value
+    if parts.scheme in {"s3", "s3a"} and parts.netloc:
+        return value
+    raise ValueError(f"{value!r} is not a warehouse location (use file:///absolute/path or s3://bucket/prefix)")
+
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _iceberg_table(raw: str) -> str:
+    value = _string(raw)
+    parts = value.split(".")
+    if len(parts) < 2 or not all(_IDENTIFIER.match(part) for part in parts):
+        raise ValueError(f"{value!r} is not namespace.table (letters, digits and underscores, for example "
+                         "passpost.pass_postbacks)")
+    return value
+
+
 def _http_url(raw: str) -> str:
     value = _string(raw)
     parts = urllib.parse.urlsplit(value)
@@ -406,6 +440,32 @@ class AnalyticsSettings(_Component):
 
 
 @dataclass(frozen=True, repr=False)
+class LakehouseSettings(_Component):
+    """``passpost consume lakehouse``, ``passpost lakehouse maintain`` and ``passpost report``: the Iceberg table."""
+
+    iceberg_catalog_uri: str | None = _declare(
+        _iceberg_catalog_uri, None,
+        "Iceberg catalog of the lakehouse table: a SQL catalog (`sqlite:///path`, `postgresql://...`) or a REST "
+        "catalog (`https://...`; its token or credential from `PYICEBERG_CATALOG__<NAME>__*`). Required by "
+        "`passpost consume lakehouse`; set, `passpost report` reads the table too.", secret=True)
+    iceberg_catalog_name: str = _declare(
+        _string, "passpost", "Name of the catalog (Spark and Trino name it the same way to read the same table).")
+    iceberg_warehouse: str | None = _declare(
+        _iceberg_warehouse, None,
+        "Where the table's files go: `file:///path` or `s3://bucket/prefix` (credentials, region and endpoint "
+        "from the `AWS_*` variables, or those the catalog vends). Required with a SQL catalog.")
+    iceberg_table: str = _declare(
+        _iceberg_table, "passpost.pass_postbacks", "The table, `namespace.table`; created on first start.")
+    iceberg_commit_seconds: float = _declare(
+        _seconds, 60.0,
+        "Longest time events wait in the lakehouse consumer before they are committed (one snapshot, one file "
+        "per day partition): fewer, larger files on a quiet day.")
+    iceberg_commit_rows: int = _declare(
+        _positive_int, 100_000,
+        "Events that make the lakehouse consumer commit before `PASSPOST_ICEBERG_COMMIT_SECONDS`.")
+
+
+@dataclass(frozen=True, repr=False)
 class AlertSettings(_Component):
     """``passpost consume alerts``: where alerts go, which rules make them, how often they repeat."""
 
@@ -462,7 +522,8 @@ class LogSettings(_Component):
 
 @dataclass(frozen=True, repr=False)
 class Settings(KafkaSettings, TopicSettings, SchemaRegistrySettings, IngressSettings, SpoolSettings,
-               ConsumerSettings, AnalyticsSettings, AlertSettings, TracingSettings, LogSettings):
+               ConsumerSettings, AnalyticsSettings, LakehouseSettings, AlertSettings, TracingSettings,
+               LogSettings):
     """Every setting, one attribute each; an instance of each component's class as well."""
 
     def replace(self, **changes: Any) -> Settings:

@@ -10,7 +10,7 @@ import pytest
 from tests.alertmanager_fixtures import alertmanager_url  # noqa: F401 (a fixture, for tests/test_alerts_*)
 from tests.jaeger_fixtures import jaeger  # noqa: F401 (a fixture: a real Jaeger, for tests/test_tracing*)
 from tests.kafka_helpers import create_topics
-from tests.podman_fixtures import passpost_image  # noqa: F401 (a fixture: the image, built with podman)
+from tests.podman_fixtures import passpost_image, passpost_lakehouse_image  # noqa: F401 (fixtures: the images, built with podman)
 from tests.postgres_fixtures import own_postgres, postgres_dsn, postgres_server  # noqa: F401 (fixtures)
 from tests.registry_fixtures import schema_registry  # noqa: F401 (a fixture: Apicurio Registry 3)
 
@@ -43,7 +43,8 @@ def kafka_topics(kafka_bootstrap: str) -> Callable[..., list[str]]:
 # ---------------------------------------------------------------------------------------
 
 SERVER_FIXTURES = frozenset({"kafka_bootstrap", "local_kafka", "kafka_cluster", "kafka_topics", "postgres_dsn", "own_postgres",
-                             "postgres_server", "alertmanager_url", "schema_registry", "passpost_image", "jaeger"})
+                             "postgres_server", "alertmanager_url", "schema_registry", "passpost_image",
+                             "passpost_lakehouse_image", "jaeger"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

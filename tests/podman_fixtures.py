@@ -186,9 +186,11 @@ def _snapshot(target: Path) -> Path:
     return target
 
 
-def build_image(tag: str = IMAGE) -> str:
-    """``podman build`` of deploy/Dockerfile on the Debian base; returns ``tag``."""
+def build_image(tag: str = IMAGE, extras: str = "") -> str:
+    """``podman build`` of deploy/Dockerfile on the Debian base, with the distribution's ``extras``
+    (comma-separated, the Dockerfile's ``PASSPOST_EXTRAS``); returns ``tag``."""
     common = ["build", "--network", "host", "--ignorefile", "deploy/Dockerfile.dockerignore",
+              *(["--build-arg", f"PASSPOST_EXTRAS={extras}"] if extras else []),
               "--build-arg", f"PYTHON_IMAGE={base_image('runtime')}",
               "--build-arg", f"BUILD_IMAGE={base_image('build')}", "-f", "deploy/Dockerfile"]
     mounts = [f"--volume={path}:{path}:ro" for path in (HOST_CA_BUNDLE, HOST_PIP_CONF) if path.exists()]
@@ -212,8 +214,21 @@ def image_size(name: str) -> int:
 
 @pytest.fixture(scope="session")
 def passpost_image(request: pytest.FixtureRequest) -> str:
+    return _built(request, IMAGE, "")
+
+
+LAKEHOUSE_IMAGE = "localhost/passpost-lakehouse:test"
+
+
+@pytest.fixture(scope="session")
+def passpost_lakehouse_image(request: pytest.FixtureRequest) -> str:
+    """The image with ``passpost[lakehouse]`` (``--build-arg PASSPOST_EXTRAS=lakehouse``)."""
+    return _built(request, LAKEHOUSE_IMAGE, "lakehouse")
+
+
+def _built(request: pytest.FixtureRequest, tag: str, extras: str) -> str:
     started = time.monotonic()
-    name = build_image()
+    name = build_image(tag, extras)
     size = image_size(name)
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     line = f"passpost image {name}: {size / 1e6:.0f} MB, built in {time.monotonic() - started:.0f} s"

@@ -75,7 +75,9 @@ def test_tokens_are_not_in_the_repr() -> None:
     assert "s3cret" not in repr(settings.load({"PASSPOST_INGEST_TOKENS": "s3cret"}))
 
 
-SECRETS = {"kafka_sasl_password", "schema_registry_password", "ingest_tokens", "analytics_hash_key"}
+# The Iceberg catalog URI may hold the catalog database's password (postgresql://user:password@...).
+SECRETS = {"kafka_sasl_password", "schema_registry_password", "ingest_tokens", "analytics_hash_key",
+           "iceberg_catalog_uri"}
 
 
 def test_the_secrets_are_declared_as_such() -> None:
@@ -84,6 +86,8 @@ def test_the_secrets_are_declared_as_such() -> None:
 
 def test_no_secret_value_appears_in_a_repr_or_str() -> None:
     secret = {setting.env: f"s3cret-{setting.field}" for setting in settings.SETTINGS if setting.secret}
+    # A URI's form is checked: the password is where a catalog URI holds it.
+    secret["PASSPOST_ICEBERG_CATALOG_URI"] = "postgresql://iceberg:s3cret@db/catalog"
     loaded = settings.load({**secret, "PASSPOST_SCHEMA_REGISTRY_USERNAME": "registry-user",
                             "PASSPOST_KAFKA_SASL_USERNAME": "kafka-user"})
     assert loaded.kafka_sasl_password == "s3cret-kafka_sasl_password"  # read, only not shown

@@ -47,7 +47,12 @@ def print_report(settings: Settings, console: Console | None = None, now: dateti
     """The summary as tables. Identifiers are never cut: in a terminal narrower than a table they fold."""
     console = console or report_console()
     summary = read_summary(settings, now or datetime.now(UTC))
-    console.print(f"[bold]{summary.total}[/bold] postbacks in {settings.analytics_dsn.split('@')[-1]}")
+    print_summary(summary, settings.analytics_dsn.split('@')[-1], console)
+
+
+def print_summary(summary: Summary, where: str, console: Console) -> None:
+    """One store's summary as tables (the analytics store's, or the Iceberg table's)."""
+    console.print(f"[bold]{summary.total}[/bold] postbacks in {where}")
 
     outcomes = Table("outcome", "postbacks", title="By outcome", title_justify="left")
     for outcome, count in summary.by_outcome:
