@@ -27,6 +27,7 @@ from passpost.consumers.analytics import _hmac, _hmac_pads
 from passpost.consumers.analytics.columns import COLUMNS, KEY, columns_of
 from passpost.consumers.lakehouse import table as iceberg
 from passpost.consumers.runtime import Batch, ExactlyOnceConsumer, RetryLater, identity
+from passpost.consumers.runtime.tracing import sink_span
 from passpost.errors import one_line
 from passpost.settings import Settings, SettingsError
 from passpost.topic_metadata import TopicIdentity
@@ -155,7 +156,11 @@ class LakehouseConsumer(ExactlyOnceConsumer):
         pending = _first_of_each(pending)
         table, log_, identities = self.table, self._offsets, dict(self._identities)
         try:
-            result = await asyncio.to_thread(iceberg.commit, table, log_, pending, offsets, identities)
+            # The batch's sink span when a batch fills the commit; a span of its own when the ticker commits.
+            rows = len(pending[KEY])
+            with sink_span("commit iceberg", "client", {"db.system.name": "iceberg", "db.operation.name": "commit",
+                                                        "db.operation.batch.size": rows, "passpost.rows": rows}):
+                result = await asyncio.to_thread(iceberg.commit, table, log_, pending, offsets, identities)
         except (iceberg.CommitConflicts, OSError) as error:
             raise RetryLater(one_line(error)) from error
         except Exception as error:  # the catalog's database or REST server: gone for a while, retried
