@@ -195,10 +195,14 @@ class Store(abc.ABC):
 
 #: DuckDB settings the store opens its file with, unless the DSN's query sets them. DuckDB keeps every block of
 #: the file it has read or written cached up to its memory limit, 80% of the machine's by default, so without a
-#: limit the consumer's memory grows with the table. The limit bounds it, and must still hold the primary-key
-#: index of a table of millions of rows, or every insert slows down: the smallest limit that does is the one
-#: set (BENCHMARKS.md, the memory target of issue 13).
+#: limit the consumer's memory grows with the table. The limit bounds that cache (BENCHMARKS.md, issue 13).
 DUCKDB_DEFAULTS: dict[str, str] = {"memory_limit": "64MB"}
+#: The primary key's index (ART) cannot be evicted, grows with the table (about 67 bytes a random
+#: ``event_id``) and counts against the limit: with the limit fixed, a checkpoint of a table of some 700,000
+#: rows failed to pin a block and DuckDB invalidated the database (the consumer then fails at every start).
+#: So the limit is the cache's budget plus the index, twice over for a checkpoint's copy, raised as it grows.
+_INDEX_HEADROOM = 2
+_LIMIT_STEP_BYTES = 8 * 1024 * 1024  # no SET per batch: the limit moves in steps
 
 
 class DuckDBStore(Store):
@@ -242,6 +246,10 @@ class DuckDBStore(Store):
             given = f" with {'&'.join(f'{name}={value}' for name, value in config.items())}" if config else ""
             raise StoreUnavailable(f"cannot open DuckDB file {path}{given}: {error}".splitlines()[0]) from None
         self.connection.execute("SET TimeZone = 'UTC'")
+        self._cache_budget = self._bytes_setting("memory_limit")
+        self._limit = self._cache_budget
+        if not read_only:
+            self._fit_limit_to_index()
 
     def schema_statements(self) -> list[str]:
         # No secondary indexes on DuckDB: its ART indexes live in memory and slow every
@@ -276,6 +284,20 @@ class DuckDBStore(Store):
             # A plain INSERT first, as ON CONFLICT costs more on every row; an event_id already stored
             # (a redelivery, rare) makes it fail: then the batch again, skipping those.
             self._write(params, offsets, insert and insert + " ON CONFLICT (event_id) DO NOTHING")
+        self._fit_limit_to_index()
+
+    def _bytes_setting(self, name: str) -> int:
+        row = self.connection.execute("SELECT value FROM duckdb_settings() WHERE name = ?", [name]).fetchone()
+        return _parse_bytes(str(row[0])) if row else 0
+
+    def _fit_limit_to_index(self) -> None:
+        """Raise the memory limit to the cache's budget plus the primary key's index (``_INDEX_HEADROOM``)."""
+        row = self.connection.execute(
+            "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() WHERE tag = 'ART_INDEX'").fetchone()
+        wanted = self._cache_budget + _INDEX_HEADROOM * int(row[0] if row else 0)
+        if wanted > self._limit + _LIMIT_STEP_BYTES or (wanted > self._limit and self._limit == self._cache_budget):
+            self._limit = wanted + _LIMIT_STEP_BYTES
+            self.connection.execute(f"SET memory_limit = '{self._limit // 1024}KiB'")
 
     def _write_text(self, columns: Mapping[str, Sequence[Any]]) -> int | None:
         """Write the batch to ``self._text`` as tab-separated lines, null as ``\\N``; its size in bytes, or None
@@ -410,6 +432,19 @@ class PostgresStore(Store):
 
     def close(self) -> None:
         self.connection.close()
+
+
+_UNITS = {"b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30,
+          "tb": 10**12, "tib": 2**40}
+
+
+def _parse_bytes(text: str) -> int:
+    """DuckDB's ``memory_limit`` as it shows it (``61.0 MiB``, ``64.0 MB``) in bytes; 0 if unreadable."""
+    number, _, unit = text.strip().partition(" ")
+    try:
+        return int(float(number) * _UNITS.get(unit.strip().lower() or "b", 0))
+    except ValueError:
+        return 0
 
 
 def open_store(dsn: str, *, read_only: bool = False) -> Store:
