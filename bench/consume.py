@@ -37,8 +37,8 @@ dropped once counted; the table has a row per bare loop and per drain, then the 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import asyncio
+import hashlib
 import os
 import re
 import statistics
