@@ -196,7 +196,10 @@ class Store(abc.ABC):
 #: DuckDB settings the store opens its file with, unless the DSN's query sets them. DuckDB keeps every block of
 #: the file it has read or written cached up to its memory limit, 80% of the machine's by default, so without a
 #: limit the consumer's memory grows with the table. The limit bounds that cache (BENCHMARKS.md, issue 13).
-DUCKDB_DEFAULTS: dict[str, str] = {"memory_limit": "64MB"}
+#: One DuckDB thread: the consumer's event loop decodes the next batch while DuckDB writes this one, so a
+#: second DuckDB thread competed with it for the cores (0.67 -> 0.76 of the bare loop, BENCHMARKS.md,
+#: issue 22), and a pod's CPU limit is not what DuckDB counts its threads from (the host's cores).
+DUCKDB_DEFAULTS: dict[str, str] = {"memory_limit": "64MB", "threads": "1"}
 #: The primary key's index (ART) cannot be evicted, grows with the table (about 67 bytes a random
 #: ``event_id``) and counts against the limit: with the limit fixed, a checkpoint of a table of some 700,000
 #: rows failed to pin a block and DuckDB invalidated the database (the consumer then fails at every start).
