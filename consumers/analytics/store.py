@@ -290,14 +290,15 @@ class DuckDBStore(Store):
         self._fit_limit_to_index()
 
     def _bytes_setting(self, name: str) -> int:
-        row = self.connection.execute("SELECT value FROM duckdb_settings() WHERE name = ?", [name]).fetchone()
-        return _parse_bytes(str(row[0])) if row else 0
+        # fetchall: DuckDB 2 refuses other work on a connection while a result is left part-read (fetchone).
+        rows = self.connection.execute("SELECT value FROM duckdb_settings() WHERE name = ?", [name]).fetchall()
+        return _parse_bytes(str(rows[0][0])) if rows else 0
 
     def _fit_limit_to_index(self) -> None:
         """Raise the memory limit to the cache's budget plus the primary key's index (``_INDEX_HEADROOM``)."""
-        row = self.connection.execute(
-            "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() WHERE tag = 'ART_INDEX'").fetchone()
-        wanted = self._cache_budget + _INDEX_HEADROOM * int(row[0] if row else 0)
+        [(index_bytes,)] = self.connection.execute(
+            "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() WHERE tag = 'ART_INDEX'").fetchall()
+        wanted = self._cache_budget + _INDEX_HEADROOM * int(index_bytes)
         if wanted > self._limit + _LIMIT_STEP_BYTES or (wanted > self._limit and self._limit == self._cache_budget):
             self._limit = wanted + _LIMIT_STEP_BYTES
             self.connection.execute(f"SET memory_limit = '{self._limit // 1024}KiB'")
