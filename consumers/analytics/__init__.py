@@ -36,7 +36,7 @@ from passpost.topic_metadata import TopicIdentity
 __all__ = ["AnalyticsConsumer"]
 
 
-def _hmac_pads(key: bytes) -> tuple[Any, Any]:
+def hmac_pads(key: bytes) -> tuple[Any, Any]:
     """HMAC-SHA256 (RFC 2104) with its two keyed states made once per key: the event loop hashes every event,
     so each value costs two copies and two updates, not a new ``hmac`` object (BENCHMARKS.md, issue 13)."""
     if len(key) > _SHA256_BLOCK:
@@ -46,12 +46,19 @@ def _hmac_pads(key: bytes) -> tuple[Any, Any]:
 
 
 def _hmac(inner: Any, outer: Any, value: str) -> str:
-    """``hmac.new(key, value.encode(), hashlib.sha256).hexdigest()``, from ``_hmac_pads(key)``."""
+    """``hmac.new(key, value.encode(), hashlib.sha256).hexdigest()``, from ``hmac_pads(key)``."""
     inside = inner.copy()
     inside.update(value.encode())
     result = outer.copy()
     result.update(inside.digest())
     return str(result.hexdigest())
+
+
+def hashed_references(pads: tuple[Any, Any], values: Sequence[str | None]) -> list[str | None]:
+    """``reference_value``s as the stores keep them by default: ``hmac-sha256:`` and the keyed hash, from
+    ``hmac_pads(key)``; the analytics and lakehouse consumers hash alike, so their columns join."""
+    inner, outer = pads
+    return [None if value is None else "hmac-sha256:" + _hmac(inner, outer, value) for value in values]
 
 
 _SHA256_BLOCK = 64
@@ -70,7 +77,7 @@ class AnalyticsConsumer(ExactlyOnceConsumer):
         super().__init__(settings)
         self.store: Store | None = None
         self._key: bytes = b""
-        self._pads = _hmac_pads(b"")
+        self._pads = hmac_pads(b"")
         # One store call at a time: a batch's write and a report's query share the connection.
         self._store_lock = asyncio.Lock()
         self._duckdb = serving.duckdb_path(settings.analytics_dsn)
@@ -98,7 +105,7 @@ class AnalyticsConsumer(ExactlyOnceConsumer):
         await asyncio.to_thread(self.store.ensure_schema)
         if self.settings.analytics_reference_value == "hash":
             self._key = await asyncio.to_thread(self.store.hash_key, self.settings.analytics_hash_key)
-            self._pads = _hmac_pads(self._key)
+            self._pads = hmac_pads(self._key)
         if self._duckdb is not None and self._url is not None:
             await asyncio.to_thread(serving.advertise, self._duckdb, self._url)
 
@@ -151,8 +158,7 @@ class AnalyticsConsumer(ExactlyOnceConsumer):
             return values
         if mode == "drop":
             return [None] * len(values)
-        inner, outer = self._pads
-        return [None if value is None else "hmac-sha256:" + _hmac(inner, outer, value) for value in values]
+        return hashed_references(self._pads, values)
 
     def columns(self, batch: Columns | Sequence[Item]) -> dict[str, list[Any]]:
         """The batch's columns as the store takes them (``Store.write``), in ``columns.COLUMNS`` order, built by

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import TopicPartition
 
-from passpost.consumers.analytics import _hmac, _hmac_pads
+from passpost.consumers.analytics import hashed_references, hmac_pads
 from passpost.consumers.analytics.columns import COLUMNS, KEY, columns_of
 from passpost.consumers.lakehouse import table as iceberg
 from passpost.consumers.runtime import Batch, ExactlyOnceConsumer, RetryLater, identity
@@ -51,7 +51,7 @@ class LakehouseConsumer(ExactlyOnceConsumer):
             raise SettingsError("PASSPOST_ANALYTICS_HASH_KEY: required by the lakehouse (the reference is stored "
                                 "as its keyed hash; or set PASSPOST_ANALYTICS_REFERENCE_VALUE=drop)")
         iceberg.catalog_properties(settings)  # a missing catalog or warehouse: one line, before any connection
-        self._pads = _hmac_pads((settings.analytics_hash_key or "").encode())
+        self._pads = hmac_pads((settings.analytics_hash_key or "").encode())
         self.table: Table | None = None
         self._offsets = iceberg.OffsetLog()
         self._identities: dict[str, str] = {}
@@ -109,8 +109,7 @@ class LakehouseConsumer(ExactlyOnceConsumer):
     def references(self, values: list[str | None]) -> list[str | None]:
         if self.settings.analytics_reference_value == "drop":
             return [None] * len(values)
-        inner, outer = self._pads
-        return [None if value is None else "hmac-sha256:" + _hmac(inner, outer, value) for value in values]
+        return hashed_references(self._pads, values)
 
     async def write(self, batch: Batch) -> None:
         columns = batch.columns
