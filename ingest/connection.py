@@ -63,8 +63,8 @@ class ConnectionLimits:
         )
 
 
-class _Refused(Exception):
-    """Raised from a parser callback to stop parsing; httptools hands it back as the context."""
+class Refused(Exception):
+    """Raised from a parser callback to stop parsing; httptools hands it back as the context (both servers)."""
 
     def __init__(self, refusal: Refusal) -> None:
         self.refusal = refusal
@@ -175,7 +175,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             pass  # no protocol upgrades here: the request is served as plain HTTP/1.1
         except httptools.HttpParserError as error:
             refused = error.__context__
-            self._refuse(refused.refusal if isinstance(refused, _Refused) else self.refusals["bad_request"])
+            self._refuse(refused.refusal if isinstance(refused, Refused) else self.refusals["bad_request"])
 
     # -- parser callbacks ------------------------------------------------------------------
 
@@ -189,15 +189,15 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
         if len(self.url) > self.limits.request_line_bytes:
-            raise _Refused(self.refusals["uri_too_long"])
+            raise Refused(self.refusals["uri_too_long"])
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._url_done = True
         self._header_bytes += len(name) + len(value) + 4  # ": " and CRLF
         if self._header_bytes > self.limits.header_bytes:
-            raise _Refused(self.refusals["headers_too_large"])
+            raise Refused(self.refusals["headers_too_large"])
         if len(self.headers) >= self.limits.header_count:
-            raise _Refused(self.refusals["too_many_headers"])
+            raise Refused(self.refusals["too_many_headers"])
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:

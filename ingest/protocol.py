@@ -38,7 +38,7 @@ from starlette.types import Message
 
 from passpost import tracing
 from passpost.ingest.app import INTERNAL_ERROR, Answer, Ingress, IngressApp
-from passpost.ingest.connection import TIMED_OUT, ConnectionLimits, refusals_for
+from passpost.ingest.connection import TIMED_OUT, ConnectionLimits, Refused, refusals_for
 from passpost.ingest.metrics import IngestMetrics
 from passpost.ingest.middleware import RequestLog, new_request_id, request_id_of
 from passpost.ingest.refusal import Refusal
@@ -234,7 +234,7 @@ class Connection(asyncio.Protocol):
             pass  # no protocol upgrades here: the request is served as plain HTTP/1.1
         except httptools.HttpParserError as error:
             refused = error.__context__
-            self.refuse(refused.refusal if isinstance(refused, _Refused) else self.refusals["bad_request"])
+            self.refuse(refused.refusal if isinstance(refused, Refused) else self.refusals["bad_request"])
 
     def resume(self) -> None:
         if self.paused and not self.closed:
@@ -262,15 +262,15 @@ class Connection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self.url += url
         if len(self.url) > self.limits.request_line_bytes:
-            raise _Refused(self.refusals["uri_too_long"])
+            raise Refused(self.refusals["uri_too_long"])
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.url_done = True
         self.header_bytes += len(name) + len(value) + 4  # ": " and CRLF
         if self.header_bytes > self.limits.header_bytes:
-            raise _Refused(self.refusals["headers_too_large"])
+            raise Refused(self.refusals["headers_too_large"])
         if len(self.headers) >= self.limits.header_count:
-            raise _Refused(self.refusals["too_many_headers"])
+            raise Refused(self.refusals["too_many_headers"])
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
@@ -382,13 +382,6 @@ class Connection(asyncio.Protocol):
         self.transport.write(b"".join([_status_line(refusal.status), headers, b"connection: close\r\n\r\n", body]))
         self.transport.close()
         self.closed = True
-
-
-class _Refused(Exception):
-    """Raised from a parser callback to stop parsing; httptools hands it back as the context."""
-
-    def __init__(self, refusal: Refusal) -> None:
-        self.refusal = refusal
 
 
 class ProtocolServer:
