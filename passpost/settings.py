@@ -8,7 +8,8 @@ declarations, so the table, validation and the ``Settings`` object cannot drift 
 A secret's value never appears in a repr, so neither in a log line nor a traceback.
 
 A bad value raises ``SettingsError`` whose message is one line naming the variable; the CLI
-prints it and exits with status 2.
+prints it and exits with status 2. How a value's text is read (ports, durations, DSNs, ...) is
+``passpost.setting_values``; which settings there are, here.
 """
 
 from __future__ import annotations
@@ -16,190 +17,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from passpost.errors import ConfigurationError
+from passpost import setting_values as values
+from passpost.setting_values import SettingsError as SettingsError  # raised by load() too: importable from here
 
 PREFIX = "PASSPOST_"
-
-
-class SettingsError(ConfigurationError, ValueError):
-    """A setting has a value passpost cannot use. ``str()`` is one line naming it."""
-
-
-def _string(raw: str) -> str:
-    value = raw.strip()
-    if not value:
-        raise ValueError("must not be empty")
-    return value
-
-
-def _trace_url_template(raw: str) -> str:
-    value = _string(raw)
-    if "{trace_id}" not in value:
-        raise ValueError("must contain {trace_id}, where the trace id goes")
-    return value
-
-
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw.strip())
-        except ValueError:
-            raise ValueError(f"{raw!r} is not a whole number") from None
-        if value < minimum:
-            raise ValueError(f"{raw!r} must be at least {minimum}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
-
-
-def _port(raw: str) -> int:
-    value = _positive_int(raw)
-    if value > 65535:
-        raise ValueError(f"{raw!r} is not a TCP port (1-65535)")
-    return value
-
-
-def _seconds(raw: str) -> float:
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise ValueError(f"{raw!r} is not a number of seconds") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise ValueError(f"{raw!r} must be a positive number of seconds")
-    return value
-
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
-def _boolean(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(f"{raw!r} is not a boolean (use true or false)")
-
-
-def _choice(*choices: str) -> Callable[[str], str]:
-    """One of ``choices``, matched case-insensitively and returned as spelled there."""
-    canonical = {choice.lower(): choice for choice in choices}
-
-    def parse(raw: str) -> str:
-        value = canonical.get(raw.strip().lower())
-        if value is None:
-            raise ValueError(f"{raw!r} is not one of {', '.join(choices)}")
-        return value
-
-    return parse
-
-
-# A hostname, an IPv4 address or a bracketed IPv6 address, then a port.
-_HOST_PORT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.\-_]*[A-Za-z0-9])?):(\d{1,5})$")
-
-
-def _bootstrap_servers(raw: str) -> str:
-    entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
-    if not entries:
-        raise ValueError("must name at least one host:port")
-    for entry in entries:
-        match = _HOST_PORT.match(entry)
-        if not match or not 0 < int(match.group(1)) < 65536:
-            raise ValueError(f"{entry!r} is not host:port (for example localhost:9092)")
-    return ",".join(entries)
-
-
-_TOKEN = re.compile(r"^[\x21-\x7e]+$")
-
-
-def _tokens(raw: str) -> tuple[str, ...]:
-    tokens = tuple(token.strip() for token in raw.split(",") if token.strip())
-    for token in tokens:
-        # Printable ASCII without spaces: anything else cannot travel in a URL
-        # query, a Bearer header and a Basic password alike.
-        if not _TOKEN.match(token):
-            raise ValueError("tokens must be printable ASCII without spaces or commas")
-    return tokens
-
-
-def _names(raw: str) -> tuple[str, ...]:
-    """Comma-separated names, blanks dropped."""
-    return tuple(name.strip() for name in raw.split(",") if name.strip())
-
-
-def _readable_file(raw: str) -> str:
-    path = raw.strip()
-    if not path:
-        raise ValueError("must not be empty")
-    if not os.path.isfile(path) or not os.access(path, os.R_OK):
-        raise ValueError(f"{path!r} is not a readable file")
-    return path
-
-
-def _analytics_dsn(raw: str) -> str:
-    value = _string(raw)
-    if not value.startswith(("duckdb:///", "postgresql://", "postgres://")):
-        raise ValueError(f"{value.split('://')[0]!r} is not a supported store (use duckdb:///path or postgresql://...)")
-    return value
-
-
-def _iceberg_catalog_uri(raw: str) -> str:
-    value = _string(raw)
-    scheme = value.partition("://")[0].lower()
-    if scheme not in {"sqlite", "postgresql", "postgres", "postgresql+psycopg", "http", "https"}:
-        # Not the value: a catalog URI may hold a password.
-        raise ValueError(f"{scheme!r} is not a supported catalog (use sqlite:///path, postgresql://... or an "
-                         "Iceberg REST catalog https://...)")
-    if scheme == "sqlite" and not value.startswith("sqlite:///"):
-        raise ValueError("a SQLite catalog is sqlite:///path (three slashes, then the file)")
-    return value
-
-
-def _iceberg_warehouse(raw: str) -> str:
-    value = _string(raw)
-    parts = urllib.parse.urlsplit(value)
-    if parts.scheme == "file" and parts.path.startswith("/") and not parts.netloc:
-        return value
-    if parts.scheme in {"s3", "s3a"} and parts.netloc:
-        return value
-    raise ValueError(f"{value!r} is not a warehouse location (use file:///absolute/path or s3://bucket/prefix)")
-
-
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def _iceberg_table(raw: str) -> str:
-    value = _string(raw)
-    parts = value.split(".")
-    if len(parts) < 2 or not all(_IDENTIFIER.match(part) for part in parts):
-        raise ValueError(f"{value!r} is not namespace.table (letters, digits and underscores, for example "
-                         "passpost.pass_postbacks)")
-    return value
-
-
-def _http_url(raw: str) -> str:
-    value = _string(raw)
-    parts = urllib.parse.urlsplit(value)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ValueError(f"{value!r} is not an http:// or https:// URL")
-    return value
-
-
-def _topic(raw: str) -> str:
-    value = _string(raw)
-    if not re.match(r"^[A-Za-z0-9._\-]{1,249}$", value) or value in {".", ".."}:
-        raise ValueError(f"{raw!r} is not a valid Kafka topic name")
-    return value
 
 
 @dataclass(frozen=True)
@@ -273,44 +98,45 @@ class KafkaSettings(_Component):
     """How every Kafka client connects: the ingress's producer, the consumers, the admin commands."""
 
     kafka_bootstrap_servers: str = _declare(
-        _bootstrap_servers, "localhost:9092", "Kafka brokers, comma-separated `host:port`.")
+        values.bootstrap_servers, "localhost:9092", "Kafka brokers, comma-separated `host:port`.")
     kafka_client_id: str = _declare(
-        _string, "passpost", "Client id sent to Kafka (shows in broker logs and quotas).")
+        values.string, "passpost", "Client id sent to Kafka (shows in broker logs and quotas).")
     kafka_compression: str = _declare(
-        _choice("lz4", "zstd", "gzip", "snappy", "none"), "lz4", "Producer compression codec.")
+        values.choice("lz4", "zstd", "gzip", "snappy", "none"), "lz4", "Producer compression codec.")
     kafka_linger_ms: int = _declare(
-        _non_negative_int, 0,
+        values.non_negative_int, 0,
         "How long the producer waits to fill a batch. 0 suits the ingress: records of concurrent "
         "requests share a batch anyway while the previous one is in flight.")
     kafka_security_protocol: str = _declare(
-        _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), "PLAINTEXT",
+        values.choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), "PLAINTEXT",
         "`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`, for producer, consumers and admin alike.")
     kafka_sasl_mechanism: str = _declare(
-        _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"), "SCRAM-SHA-512",
+        values.choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"), "SCRAM-SHA-512",
         "`PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (Strimzi's `KafkaUser` uses SCRAM-SHA-512).")
     kafka_sasl_username: str | None = _declare(
-        _string, None, "SASL user name (required with `SASL_*`).")
+        values.string, None, "SASL user name (required with `SASL_*`).")
     kafka_sasl_password: str | None = _declare(
-        _string, None, "SASL password (required with `SASL_*`).", secret=True)
+        values.string, None, "SASL password (required with `SASL_*`).", secret=True)
     kafka_ssl_ca_file: str | None = _declare(
-        _readable_file, None,
+        values.readable_file, None,
         "CA bundle (PEM) that signed the brokers' certificates; the system's CAs when unset.")
     kafka_ssl_cert_file: str | None = _declare(
-        _readable_file, None, "Client certificate (PEM) for mutual TLS.")
+        values.readable_file, None, "Client certificate (PEM) for mutual TLS.")
     kafka_ssl_key_file: str | None = _declare(
-        _readable_file, None, "Private key (PEM) of the client certificate.")
+        values.readable_file, None, "Private key (PEM) of the client certificate.")
 
 
 @dataclass(frozen=True, repr=False)
 class TopicSettings(_Component):
     """The topics every component writes or reads, and how ``passpost topics`` creates them."""
 
-    events_topic: str = _declare(_topic, "pass-postbacks.v1", "Topic of the Avro events.")
+    events_topic: str = _declare(values.topic, "pass-postbacks.v1", "Topic of the Avro events.")
     dead_letter_topic: str = _declare(
-        _topic, "pass-postbacks.dlq.v1", "Topic of rejected request bodies, byte for byte, with the reason in headers.")
-    topic_partitions: int = _declare(_positive_int, 6, "Partitions for `passpost topics`.")
+        values.topic, "pass-postbacks.dlq.v1",
+        "Topic of rejected request bodies, byte for byte, with the reason in headers.")
+    topic_partitions: int = _declare(values.positive_int, 6, "Partitions for `passpost topics`.")
     topic_replication_factor: int = _declare(
-        _positive_int, 1, "Replication factor for `passpost topics` (use 3 in production).")
+        values.positive_int, 1, "Replication factor for `passpost topics` (use 3 in production).")
 
 
 @dataclass(frozen=True, repr=False)
@@ -318,19 +144,19 @@ class SchemaRegistrySettings(_Component):
     """The schema registry the events' schema is registered in and read from."""
 
     schema_registry_url: str | None = _declare(
-        _http_url, None,
+        values.http_url, None,
         "Confluent-compatible schema registry (e.g. `http://apicurio:8080/apis/ccompat/v7`). Set, events are "
         "written in the Confluent wire format under the subject `<events topic>-value`; unset, Avro "
         "single-object encoding.")
     schema_registry_username: str | None = _declare(
-        _string, None, "User name for the schema registry (HTTP Basic).")
+        values.string, None, "User name for the schema registry (HTTP Basic).")
     schema_registry_password: str | None = _declare(
-        _string, None, "Password for the schema registry (HTTP Basic).", secret=True)
+        values.string, None, "Password for the schema registry (HTTP Basic).", secret=True)
     schema_registry_ca_file: str | None = _declare(
-        _readable_file, None,
+        values.readable_file, None,
         "CA bundle (PEM) that signed the schema registry's certificate; the system's CAs when unset.")
     schema_registry_auto_register: bool = _declare(
-        _boolean, True,
+        values.boolean, True,
         "The ingress registers the event schema at start when the registry lacks it; false where only "
         "`passpost schema register` may (the ingress then refuses to start until it is registered).")
 
@@ -339,48 +165,49 @@ class SchemaRegistrySettings(_Component):
 class IngressSettings(_Component):
     """``passpost serve``: where it listens, whom it lets in, what it accepts and how long it waits."""
 
-    host: str = _declare(_string, "127.0.0.1", "Address `passpost serve` listens on.")
+    host: str = _declare(values.string, "127.0.0.1", "Address `passpost serve` listens on.")
     workers: int = _declare(
-        _positive_int, 1,
+        values.positive_int, 1,
         "Processes of `passpost serve` on its one port (each with its own Kafka producer; one `/metrics` adds "
         "them up). One per core; not with `PASSPOST_SPOOL_DIR`.")
-    port: int = _declare(_port, 8000, "Port `passpost serve` listens on.")
+    port: int = _declare(values.port, 8000, "Port `passpost serve` listens on.")
     server: str = _declare(
-        _choice("protocol", "uvicorn"), "protocol",
+        values.choice("protocol", "uvicorn"), "protocol",
         "HTTP server of `passpost serve`: `protocol`, the ingress's own `asyncio.Protocol` over httptools that "
         "takes `POST /postbacks/passes` past ASGI (BENCHMARKS.md, issue 22), or `uvicorn` (httptools, ASGI); "
         "the same connection limits either way.")
     ingest_tokens: tuple[str, ...] = _declare(
-        _tokens, (), "Accepted ingest tokens, comma-separated; several at once allow rotation.", secret=True)
-    ingest_open: bool = _declare(_boolean, False, "Run the ingress without any token (refused unless set to true).")
-    max_body_bytes: int = _declare(_positive_int, 1024 * 1024, "Largest request body accepted (413 above).")
+        values.tokens, (), "Accepted ingest tokens, comma-separated; several at once allow rotation.", secret=True)
+    ingest_open: bool = _declare(
+        values.boolean, False, "Run the ingress without any token (refused unless set to true).")
+    max_body_bytes: int = _declare(values.positive_int, 1024 * 1024, "Largest request body accepted (413 above).")
     known_origins: tuple[str, ...] = _declare(
-        _names, (),
+        values.names, (),
         "ORIGIN values counted by name in `passpost_events_produced_total{origin}`, comma-separated, besides the "
         "vendor's documented `GENERATE_PASS`; any other origin is counted as `other`.")
     max_items: int = _declare(
-        _positive_int, 1000,
+        values.positive_int, 1000,
         "Most postbacks (items) one request may hold; 413 `too_many_items` above, body dead-lettered.")
     max_request_line_bytes: int = _declare(
-        _int_at_least(256), 8 * 1024,
+        values.int_at_least(256), 8 * 1024,
         "Longest request line (method, path and query) accepted; 414 above, before credentials.")
     max_header_bytes: int = _declare(
-        _int_at_least(1024), 16 * 1024,
+        values.int_at_least(1024), 16 * 1024,
         "Most bytes of request headers accepted; 431 above, before credentials and without buffering more.")
-    max_header_count: int = _declare(_positive_int, 100, "Most request headers accepted; 431 above.")
+    max_header_count: int = _declare(values.positive_int, 100, "Most request headers accepted; 431 above.")
     header_timeout_seconds: float = _declare(
-        _seconds, 10.0,
+        values.seconds, 10.0,
         "Time a client has to send the request line and headers; then 408 and the connection is closed.")
     body_timeout_seconds: float = _declare(
-        _seconds, 30.0,
+        values.seconds, 30.0,
         "Time a client has to send the body once its headers are in; then 408 and the connection is closed.")
     max_connections: int = _declare(
-        _positive_int, 256,
+        values.positive_int, 256,
         "Most open client connections; one more is answered 503 and closed (each may hold a body in memory).")
     produce_timeout_seconds: float = _declare(
-        _seconds, 5.0,
+        values.seconds, 5.0,
         "How long a request waits for Kafka to confirm before answering 503 (the vendor gives up after 10 s).")
-    retry_after_seconds: int = _declare(_positive_int, 30, "The `Retry-After` value sent with a 503.")
+    retry_after_seconds: int = _declare(values.positive_int, 30, "The `Retry-After` value sent with a 503.")
 
 
 @dataclass(frozen=True, repr=False)
@@ -388,18 +215,18 @@ class SpoolSettings(_Component):
     """``passpost serve`` when Kafka does not keep up or the process is told to stop: the spool and the drain."""
 
     spool_dir: str | None = _declare(
-        _string, None,
+        values.string, None,
         "Directory of the durable local spool: a request Kafka does not confirm in time is kept there, "
         "answered 200 once on disk, and forwarded in order when Kafka is back (README, The spool). Unset: 503.")
     spool_max_bytes: int = _declare(
-        _int_at_least(64 * 1024), 1024 * 1024 * 1024,
+        values.int_at_least(64 * 1024), 1024 * 1024 * 1024,
         "Most bytes the spool may hold; a request that does not fit is answered 503 with `Retry-After`.")
     spool_drain_seconds: float = _declare(
-        _seconds, 10.0,
+        values.seconds, 10.0,
         "On SIGTERM, how long the forwarder keeps sending spooled records to Kafka before exiting; the rest "
         "stays in the spool for the next start.")
     shutdown_timeout_seconds: float = _declare(
-        _seconds, 20.0, "On SIGTERM, how long in-flight requests get to finish before the producer flushes.")
+        values.seconds, 20.0, "On SIGTERM, how long in-flight requests get to finish before the producer flushes.")
 
 
 @dataclass(frozen=True, repr=False)
@@ -407,18 +234,18 @@ class ConsumerSettings(_Component):
     """``passpost consume NAME``: the runtime every consumer runs on."""
 
     consumer_group: str | None = _declare(
-        _string, None, "Consumer group of `passpost consume NAME`; `passpost-NAME` when unset.")
-    consumer_port: int = _declare(_port, 9100, "Port of a consumer's `/healthz`, `/readyz` and `/metrics`.")
+        values.string, None, "Consumer group of `passpost consume NAME`; `passpost-NAME` when unset.")
+    consumer_port: int = _declare(values.port, 9100, "Port of a consumer's `/healthz`, `/readyz` and `/metrics`.")
     consumer_batch_size: int = _declare(
-        _positive_int, 5000, "Most events a consumer hands its sink in one batch.")
+        values.positive_int, 5000, "Most events a consumer hands its sink in one batch.")
     consumer_batch_max_bytes: int = _declare(
-        _positive_int, 8 * 1024 * 1024,
+        values.positive_int, 8 * 1024 * 1024,
         "Most bytes fetched for one batch (bounds a consumer's memory whatever the backlog).")
     consumer_retry_max_seconds: float = _declare(
-        _seconds, 30.0,
+        values.seconds, 30.0,
         "Longest wait between retries of a batch the sink refused (the wait doubles from 0.1 s up to this).")
     consumer_stall_seconds: float = _declare(
-        _seconds, 60.0,
+        values.seconds, 60.0,
         "A consumer whose sink has refused batches for longer than this answers `/readyz` with 503 (stalled).")
 
 
@@ -427,14 +254,14 @@ class AnalyticsSettings(_Component):
     """``passpost consume analytics`` and ``passpost report``: the analytics store."""
 
     analytics_dsn: str = _declare(
-        _analytics_dsn, "duckdb:///data/analytics.duckdb",
+        values.analytics_dsn, "duckdb:///data/analytics.duckdb",
         "Analytics store: `duckdb:///path` (relative to the working directory) or `postgresql://...`.")
     analytics_reference_value: str = _declare(
-        _choice("hash", "keep", "drop"), "hash",
+        values.choice("hash", "keep", "drop"), "hash",
         "`reference_value` (an email or phone) in the analytics store: keyed `hash` (HMAC-SHA256), `keep` "
         "as sent, or `drop`.")
     analytics_hash_key: str | None = _declare(
-        _string, None,
+        values.string, None,
         "Key of the `hash` mode; when unset the store generates one once and keeps it in its `passpost_meta` "
         "table.", secret=True)
 
@@ -444,24 +271,24 @@ class LakehouseSettings(_Component):
     """``passpost consume lakehouse``, ``passpost lakehouse maintain`` and ``passpost report``: the Iceberg table."""
 
     iceberg_catalog_uri: str | None = _declare(
-        _iceberg_catalog_uri, None,
+        values.iceberg_catalog_uri, None,
         "Iceberg catalog of the lakehouse table: a SQL catalog (`sqlite:///path`, `postgresql://...`) or a REST "
         "catalog (`https://...`; its token or credential from `PYICEBERG_CATALOG__<NAME>__*`). Required by "
         "`passpost consume lakehouse`; set, `passpost report` reads the table too.", secret=True)
     iceberg_catalog_name: str = _declare(
-        _string, "passpost", "Name of the catalog (Spark and Trino name it the same way to read the same table).")
+        values.string, "passpost", "Name of the catalog (Spark and Trino name it the same way to read the same table).")
     iceberg_warehouse: str | None = _declare(
-        _iceberg_warehouse, None,
+        values.iceberg_warehouse, None,
         "Where the table's files go: `file:///path` or `s3://bucket/prefix` (credentials, region and endpoint "
         "from the `AWS_*` variables, or those the catalog vends). Required with a SQL catalog.")
     iceberg_table: str = _declare(
-        _iceberg_table, "passpost.pass_postbacks", "The table, `namespace.table`; created on first start.")
+        values.iceberg_table, "passpost.pass_postbacks", "The table, `namespace.table`; created on first start.")
     iceberg_commit_seconds: float = _declare(
-        _seconds, 60.0,
+        values.seconds, 60.0,
         "Longest time events wait in the lakehouse consumer before they are committed (one snapshot, one file "
         "per day partition): fewer, larger files on a quiet day.")
     iceberg_commit_rows: int = _declare(
-        _positive_int, 100_000,
+        values.positive_int, 100_000,
         "Events that make the lakehouse consumer commit before `PASSPOST_ICEBERG_COMMIT_SECONDS`.")
 
 
@@ -470,33 +297,34 @@ class AlertSettings(_Component):
     """``passpost consume alerts``: where alerts go, which rules make them, how often they repeat."""
 
     alertmanager_url: str | None = _declare(
-        _http_url, None,
+        values.http_url, None,
         "Alertmanager to send alerts to (e.g. `http://alertmanager:9093`; they go to `/api/v2/alerts`).")
     alert_webhook_url: str | None = _declare(
-        _http_url, None, "URL that receives each alert notification as JSON shaped like Alertmanager's webhook.")
+        values.http_url, None, "URL that receives each alert notification as JSON shaped like Alertmanager's webhook.")
     alert_webhook_format: str = _declare(
-        _choice("alertmanager", "slack"), "alertmanager",
+        values.choice("alertmanager", "slack"), "alertmanager",
         "`alertmanager` (its webhook payload, version 4) or `slack` (a `{\"text\": ...}` body).")
     alert_log: bool = _declare(
-        _boolean, True, "Also log every alert notification (always on when no other sink is set).")
+        values.boolean, True, "Also log every alert notification (always on when no other sink is set).")
     alert_rules_file: str | None = _declare(
-        _readable_file, None,
+        values.readable_file, None,
         "TOML or YAML (`.yaml`/`.yml`) alert rules tried before the built-in ones (README, Alerts).")
     alert_repeat_seconds: float = _declare(
-        _seconds, 60.0,
+        values.seconds, 60.0,
         "Shortest time between two notifications of one firing alert; a repeat is sent only when its count grew.")
     alert_resolve_after_seconds: float = _declare(
-        _seconds, 300.0, "An alert resolves, and the resolution is sent, when its failures stopped for this long.")
+        values.seconds, 300.0,
+        "An alert resolves, and the resolution is sent, when its failures stopped for this long.")
     alert_delivery_deadline_seconds: float = _declare(
-        _seconds, 30.0,
+        values.seconds, 30.0,
         "How long a sink retries (backoff from 0.2 s doubling to 5 s) before the batch fails and is retried "
         "whole.")
     alert_first_start_lookback_seconds: float = _declare(
-        _seconds, 3600.0,
+        values.seconds, 3600.0,
         "On its first start (no state file, nothing committed) the alerts consumer reads events from this far "
         "back, not the topic's whole retention.")
     alert_state_file: str = _declare(
-        _string, "data/alerts-state.json",
+        values.string, "data/alerts-state.json",
         "The alerts consumer's local store: open alerts and the offsets they cover (keep it on a volume).")
 
 
@@ -506,7 +334,7 @@ class TracingSettings(_Component):
     what passpost adds to it."""
 
     trace_url_template: str | None = _declare(
-        _trace_url_template, None,
+        values.trace_url_template, None,
         "Link an alert's annotations give to the trace of its first event, `{trace_id}` replaced (e.g. "
         "`https://jaeger.example/trace/{trace_id}`); without it they name the trace id alone.")
 
@@ -516,8 +344,8 @@ class LogSettings(_Component):
     """How every command logs."""
 
     log_format: str = _declare(
-        _choice("text", "json"), "text", "`text` for people, `json` for one JSON object per line.")
-    log_level: str = _declare(_choice("debug", "info", "warning", "error"), "info", "Lowest level logged.")
+        values.choice("text", "json"), "text", "`text` for people, `json` for one JSON object per line.")
+    log_level: str = _declare(values.choice("debug", "info", "warning", "error"), "info", "Lowest level logged.")
 
 
 @dataclass(frozen=True, repr=False)
