@@ -78,8 +78,9 @@ class FirstSends:
             del self._by_record[record]
         return future
 
-    def __len__(self) -> int:
-        return sum(map(len, self._by_record.values()))
+    def put_back(self, entry: Entry, future: asyncio.Future[Any]) -> None:
+        """What ``take`` gave, for the forwarder's next attempt at ``entry``."""
+        self._by_record.setdefault((entry.topic, entry.key, entry.value), collections.deque()).appendleft(future)
 
 
 class SpoolingPublisher:
@@ -232,7 +233,7 @@ class SpoolingPublisher:
                 pending.append(item)
                 continue
             if not await self._send_pending(segment, pending):
-                self.first_sends.keep(item[2].topic, [(item[2].key, item[2].value, item[2].headers)], [first_send])
+                self.first_sends.put_back(item[2], first_send)
                 return False
             pending = [] if await self._first_send_confirmed(first_send) else [item]
             if not pending:
