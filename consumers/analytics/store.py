@@ -205,7 +205,7 @@ DUCKDB_DEFAULTS: dict[str, str] = {"memory_limit": "64MB", "threads": "1"}
 #: rows failed to pin a block and DuckDB invalidated the database (the consumer then fails at every start).
 #: So the limit is the cache's budget plus the index, twice over for a checkpoint's copy, raised as it grows.
 _INDEX_HEADROOM = 2
-_LIMIT_STEP_BYTES = 8 * 1024 * 1024  # no SET per batch: the limit moves in steps
+_LIMIT_STEP_BYTES = 8 * 1024 * 1024  # raised this far past what the index needs: no SET per batch
 
 
 class DuckDBStore(Store):
@@ -295,11 +295,12 @@ class DuckDBStore(Store):
         return _parse_bytes(str(rows[0][0])) if rows else 0
 
     def _fit_limit_to_index(self) -> None:
-        """Raise the memory limit to the cache's budget plus the primary key's index (``_INDEX_HEADROOM``)."""
+        """Raise the memory limit to the cache's budget plus the primary key's index (``_INDEX_HEADROOM``).
+        After every batch: the query costs about 0.7 ms, in the writer's thread, not the event loop's."""
         [(index_bytes,)] = self.connection.execute(
             "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() WHERE tag = 'ART_INDEX'").fetchall()
         wanted = self._cache_budget + _INDEX_HEADROOM * int(index_bytes)
-        if wanted > self._limit + _LIMIT_STEP_BYTES or (wanted > self._limit and self._limit == self._cache_budget):
+        if wanted > self._limit:
             self._limit = wanted + _LIMIT_STEP_BYTES
             self.connection.execute(f"SET memory_limit = '{self._limit // 1024}KiB'")
 
